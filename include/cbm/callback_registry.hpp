@@ -1,0 +1,326 @@
+// cbm/callback_registry.hpp - cbm::CallbackRegistry<Key, void(Args...)>:
+// event key -> ordered callbacks, keys created on demand and removed as soon
+// as their last callback goes.
+//
+// Memory ordering: the key table is a chained hash table read without locks.
+// Writers (under the registry's one writer mutex) publish a new chain link or
+// a whole new bucket array with a release store; triggers load with acquire
+// inside a TriggerScope, so unlinked entries, links and old bucket arrays stay
+// readable until the epoch-based reclamation of thread_records.hpp frees them.
+// Links are never re-pointed after a resize: a resize builds new links for a
+// new array and retires the old array with its links.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <cstddef>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <stop_token>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "callback_group.hpp"
+#include "detail/callback_list.hpp"
+#include "detail/dispatch.hpp"
+#include "error_policy.hpp"
+#include "registration.hpp"
+
+namespace cbm {
+
+template <class Key, class Signature, class Hash = std::hash<Key>, class KeyEqual = std::equal_to<Key>>
+class CallbackRegistry;
+
+// Thread safety: as CallbackGroup, for every member.
+template <class Key, class... Args, class Hash, class KeyEqual>
+class CallbackRegistry<Key, void(Args...), Hash, KeyEqual> {
+public:
+    using key_type = Key;
+    using signature = void(Args...);
+    using options_type = CallbackOptions<signature>;
+
+    explicit CallbackRegistry(ErrorPolicy policy = ErrorPolicy::collect, Hash hash = Hash{},
+                              KeyEqual equal = KeyEqual{})
+        : hash_(std::move(hash)), equal_(std::move(equal)), anchor_(new detail::Anchor(policy)) {
+        table_.store(Table::make(kMinBuckets), std::memory_order_relaxed);
+    }
+    CallbackRegistry(const CallbackRegistry&) = delete;
+    CallbackRegistry& operator=(const CallbackRegistry&) = delete;
+
+    // Effect: unregisters every callback of every key, waits until no other
+    // thread is inside trigger() on this registry, destroys every callable.
+    // Precondition: not called from inside a callback of this registry.
+    ~CallbackRegistry() {
+        detail::TakenNodes taken;
+        {
+            std::lock_guard<std::mutex> lock(anchor_->mutex);
+            anchor_->alive = false;
+            take_every_key(taken);
+        }
+        detail::wait_until_domain_idle(anchor_);
+        taken.wait_and_destroy();
+        {
+            detail::ReclaimBatch batch;
+            std::lock_guard<std::mutex> lock(anchor_->mutex);
+            batch.append(anchor_->retired.take_all());
+        }
+        Table::reclaim(table_.load(std::memory_order_relaxed));
+        anchor_->release();
+    }
+
+    // Effect: registers `f` under `key`, creating the key if needed.
+    // Throws: std::invalid_argument for an empty callable; std::bad_alloc, or
+    // what Hash or KeyEqual throw. When it throws, nothing is registered and
+    // no key is created.
+    // Blocks: never on user code; takes the registry's writer lock briefly.
+    template <class F>
+        requires std::is_invocable_v<std::decay_t<F>&, Args...>
+    Registration add(const Key& key, F&& f, options_type options = {}) {
+        auto* node = detail::make_node<signature>(*anchor_, std::forward<F>(f), std::move(options));
+        try {
+            const std::size_t h = hash_(key);
+            std::lock_guard<std::mutex> lock(anchor_->mutex);
+            Entry* entry = find(table_.load(std::memory_order_relaxed), key, h);
+            const bool created = entry == nullptr;
+            if (created) entry = create_entry(key, h);
+            try {
+                entry->insert(node);
+            } catch (...) {
+                if (created) remove_entry(entry);  // no key without callbacks
+                throw;
+            }
+        } catch (...) {
+            node->refs.store(1, std::memory_order_relaxed);
+            node->release_ref();
+            throw;
+        }
+        return Registration(node);
+    }
+
+    // Effect: runs the callbacks registered under `key` (as CallbackGroup::trigger).
+    // An unknown key creates nothing and returns a result with invoked == 0.
+    // Blocks: only inside the callbacks themselves.
+    TriggerResult trigger(const Key& key, Args... args) { return run(key, detail::NeverStop{}, args...); }
+
+    // Effect: as trigger(key, args...), checking `token` before each callback.
+    TriggerResult trigger(const std::stop_token& token, const Key& key, Args... args) {
+        return run(key, [&token] { return token.stop_requested(); }, args...);
+    }
+
+    // Effect: unregisters every callback under `key` and waits as
+    // Registration::unregister does. Returns how many it unregistered.
+    std::size_t erase(const Key& key) {
+        detail::TakenNodes taken;
+        std::size_t removed = 0;
+        {
+            const std::size_t h = hash_(key);
+            detail::ReclaimBatch batch;
+            std::lock_guard<std::mutex> lock(anchor_->mutex);
+            if (Entry* entry = find(table_.load(std::memory_order_relaxed), key, h)) {
+                removed = taken.take_all(*anchor_, *entry);
+            }
+            anchor_->retired.maybe_reclaim(batch);
+        }
+        taken.wait_and_destroy();
+        return removed;
+    }
+
+    // Effect: erase() for every key. Returns how many callbacks it unregistered.
+    std::size_t clear() {
+        detail::TakenNodes taken;
+        std::size_t removed = 0;
+        {
+            detail::ReclaimBatch batch;
+            std::lock_guard<std::mutex> lock(anchor_->mutex);
+            removed = take_every_key(taken);
+            anchor_->retired.maybe_reclaim(batch);
+        }
+        taken.wait_and_destroy();
+        return removed;
+    }
+
+    // Number of callbacks registered under `key` (0 for an unknown key).
+    std::size_t size(const Key& key) const {
+        const std::size_t h = hash_(key);
+        std::lock_guard<std::mutex> lock(anchor_->mutex);
+        const Entry* entry = find(table_.load(std::memory_order_relaxed), key, h);
+        return entry != nullptr ? entry->count() : 0;
+    }
+    bool contains(const Key& key) const { return size(key) != 0; }
+
+    // Number of keys that have at least one callback (a moment's value).
+    std::size_t key_count() const noexcept { return key_count_.load(std::memory_order_relaxed); }
+
+    // Every key that has at least one callback (a moment's copy).
+    std::vector<Key> keys() const {
+        std::vector<Key> result;
+        std::lock_guard<std::mutex> lock(anchor_->mutex);
+        for_each_entry(table_.load(std::memory_order_relaxed), [&](Entry* e) { result.push_back(e->key); });
+        return result;
+    }
+
+    ErrorPolicy error_policy() const noexcept { return anchor_->policy; }
+    void set_error_handler(ErrorHandler handler) { anchor_->set_error_handler(std::move(handler)); }
+
+    // ------------------------------------------------------------------
+    // End of public interface. Implementation details follow.
+
+private:
+    static constexpr std::size_t kMinBuckets = 16;
+
+    struct Entry final : detail::Retirable, detail::ListCore {
+        Entry(const Key& k, std::size_t h, CallbackRegistry* r) : key(k), hash(h), registry(r) {}
+        const Key key;
+        const std::size_t hash;
+        CallbackRegistry* const registry;
+    };
+
+    struct Link final : detail::Retirable {
+        Entry* entry = nullptr;
+        std::atomic<Link*> next{nullptr};
+    };
+
+    struct Table final : detail::Retirable {
+        std::size_t mask = 0;
+        std::unique_ptr<std::atomic<Link*>[]> buckets;
+
+        static Table* make(std::size_t bucket_count) {
+            auto table = std::make_unique<Table>();
+            table->buckets = std::make_unique<std::atomic<Link*>[]>(bucket_count);
+            for (std::size_t i = 0; i < bucket_count; ++i) table->buckets[i].store(nullptr, std::memory_order_relaxed);
+            table->mask = bucket_count - 1;
+            return table.release();
+        }
+        std::size_t bucket_count() const noexcept { return mask + 1; }
+        std::atomic<Link*>& bucket(std::size_t h) const noexcept { return buckets[h & mask]; }
+
+        // Deletes the array and the links still in it (not the entries).
+        static void reclaim(detail::Retirable* r) noexcept {
+            auto* table = static_cast<Table*>(r);
+            for (std::size_t i = 0; i < table->bucket_count(); ++i) {
+                Link* l = table->buckets[i].load(std::memory_order_relaxed);
+                while (l != nullptr) {
+                    Link* next = l->next.load(std::memory_order_relaxed);
+                    delete l;
+                    l = next;
+                }
+            }
+            delete table;
+        }
+    };
+
+    static void reclaim_link(detail::Retirable* r) noexcept { delete static_cast<Link*>(r); }
+    static void reclaim_entry(detail::Retirable* r) noexcept { delete static_cast<Entry*>(r); }
+
+    template <class ShouldStop>
+    TriggerResult run(const Key& key, ShouldStop&& should_stop, Args&... args) {
+        const std::size_t h = hash_(key);
+        detail::TriggerScope scope(anchor_);
+        Entry* entry = find(table_.load(std::memory_order_acquire), key, h);
+        if (entry == nullptr) return TriggerResult{};
+        return detail::run_list<signature>(scope, *entry, *anchor_, should_stop, args...);
+    }
+
+    Entry* find(Table* table, const Key& key, std::size_t h) const {
+        for (Link* l = table->bucket(h).load(std::memory_order_acquire); l != nullptr;
+             l = l->next.load(std::memory_order_acquire)) {
+            Entry* e = l->entry;
+            if (e->hash == h && equal_(e->key, key)) return e;
+        }
+        return nullptr;
+    }
+
+    template <class Visit>
+    static void for_each_entry(Table* table, Visit&& visit) {
+        for (std::size_t i = 0; i < table->bucket_count(); ++i) {
+            for (Link* l = table->buckets[i].load(std::memory_order_relaxed); l != nullptr;
+                 l = l->next.load(std::memory_order_relaxed)) {
+                visit(l->entry);
+            }
+        }
+    }
+
+    // Under the mutex. Throws before publishing anything.
+    Entry* create_entry(const Key& key, std::size_t h) {
+        Table* table = table_.load(std::memory_order_relaxed);
+        if (key_count() + 1 > table->bucket_count()) table = rebuild(table->bucket_count() * 2);
+        auto entry = std::make_unique<Entry>(key, h, this);
+        entry->on_empty = &on_entry_empty;
+        auto link = std::make_unique<Link>();
+        link->entry = entry.get();
+        std::atomic<Link*>& bucket = table->bucket(h);
+        link->next.store(bucket.load(std::memory_order_relaxed), std::memory_order_relaxed);
+        bucket.store(link.release(), std::memory_order_release);
+        key_count_.store(key_count() + 1, std::memory_order_relaxed);
+        return entry.release();
+    }
+
+    // Under the mutex: publishes a table of `bucket_count` buckets holding every
+    // current entry and retires the old one. Throws std::bad_alloc before
+    // publishing anything.
+    Table* rebuild(std::size_t bucket_count) {
+        Table* old = table_.load(std::memory_order_relaxed);
+        std::unique_ptr<Table, void (*)(Table*)> fresh(Table::make(bucket_count),
+                                                      [](Table* t) { Table::reclaim(t); });
+        for_each_entry(old, [&](Entry* e) {
+            auto link = std::make_unique<Link>();
+            link->entry = e;
+            std::atomic<Link*>& bucket = fresh->bucket(e->hash);
+            link->next.store(bucket.load(std::memory_order_relaxed), std::memory_order_relaxed);
+            bucket.store(link.release(), std::memory_order_relaxed);
+        });
+        Table* published = fresh.release();
+        table_.store(published, std::memory_order_release);
+        anchor_->retired.retire(old, &Table::reclaim);
+        return published;
+    }
+
+    // ListCore::on_empty, under the mutex: the key's last callback is gone.
+    static void on_entry_empty(detail::ListCore* core) noexcept {
+        auto* entry = static_cast<Entry*>(core);
+        entry->registry->remove_entry(entry);
+    }
+
+    void remove_entry(Entry* entry) noexcept {
+        Table* table = table_.load(std::memory_order_relaxed);
+        std::atomic<Link*>* link_to = &table->bucket(entry->hash);
+        Link* l = link_to->load(std::memory_order_relaxed);
+        while (l != nullptr && l->entry != entry) {
+            link_to = &l->next;
+            l = l->next.load(std::memory_order_relaxed);
+        }
+        if (l == nullptr) return;
+        link_to->store(l->next.load(std::memory_order_relaxed), std::memory_order_release);
+        anchor_->retired.retire(l, &reclaim_link);
+        anchor_->retired.retire(entry, &reclaim_entry);
+        key_count_.store(key_count() - 1, std::memory_order_relaxed);
+        const std::size_t buckets = table->bucket_count();
+        if (anchor_->alive && buckets > kMinBuckets && key_count() < buckets / 8) {
+            try {
+                rebuild(buckets / 4);
+            } catch (...) {
+                // Shrinking is an optimisation; keep the larger table.
+            }
+        }
+    }
+
+    // Under the mutex.
+    std::size_t take_every_key(detail::TakenNodes& taken) {
+        std::vector<Entry*> entries;
+        entries.reserve(key_count());
+        for_each_entry(table_.load(std::memory_order_relaxed), [&](Entry* e) { entries.push_back(e); });
+        std::size_t removed = 0;
+        for (Entry* e : entries) removed += taken.take_all(*anchor_, *e);
+        return removed;
+    }
+
+    Hash hash_;
+    KeyEqual equal_;
+    detail::Anchor* anchor_;
+    std::atomic<Table*> table_{nullptr};      // written under the mutex
+    std::atomic<std::size_t> key_count_{0};  // written under the mutex
+};
+
+}  // namespace cbm

@@ -1,0 +1,10 @@
+// cbm/cbm.hpp - the whole library in one include.
+#pragma once
+
+#include "callback.hpp"
+#include "callback_group.hpp"
+#include "callback_registry.hpp"
+#include "error_policy.hpp"
+#include "registration.hpp"
+#include "snapshot.hpp"
+#include "version.hpp"

@@ -1,0 +1,405 @@
+// cbm/detail/thread_records.hpp - per-thread hazard records and epochs.
+//
+// Every thread that triggers a group or reads a Snapshot owns one
+// ThreadRecord. Records live in a global, append-only list and are never
+// freed (a thread that exits hands its record to the next thread), so a
+// writer can scan them at any time without further protection.
+//
+// A record publishes three things, each written only by its owner:
+//   * epoch: the global epoch seen when the owner entered its outermost
+//     trigger, or 0 outside triggers. Epoch-based reclamation: memory that
+//     was unlinked while the global epoch was s is freed only when every
+//     record's epoch is 0 or greater than s.
+//   * one TriggerLevel per nesting depth of trigger(): the domain (group or
+//     registry) being triggered and the callback node being filtered or run.
+//     unregister() waits while another record names its node; a group's
+//     destructor waits while another record names its domain.
+//   * hazard slots for Snapshot read handles.
+//
+// Memory ordering:
+//   Owner stores are relaxed, followed by light_barrier() before the owner
+//   reads the shared state they protect; writers change that shared state,
+//   then call writer_barrier() (heavy_barrier() unless no other thread holds
+//   a record), then scan with acquire loads. See barrier.hpp. Owners clear a
+//   level, an epoch or a slot with a release store, so a writer whose acquire
+//   scan sees the clear also sees every access the owner made before it.
+//
+//   The "no other thread holds a record" shortcut: a thread takes a record
+//   with a seq_cst RMW on g_records.live before its first light_barrier();
+//   writers run a seq_cst fence before loading live. Either the writer's fence
+//   is first (the new reader then sees the writer's changes) or the writer's
+//   load sees the reader counted (and the writer runs the heavy barrier).
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <limits>
+#include <thread>
+
+#include "barrier.hpp"
+
+namespace cbm::detail {
+
+inline constexpr std::size_t kLevelsPerChunk = 16;
+inline constexpr std::size_t kSlotsPerChunk = 8;
+
+struct TriggerLevel {
+    std::atomic<const void*> domain{nullptr};  // group or registry triggered at this depth
+    std::atomic<const void*> node{nullptr};    // callback being filtered or run at this depth
+};
+
+// Levels beyond the first chunk live in further chunks, appended by the owner
+// and never freed or moved, so scanners can follow `next` at any time.
+struct LevelChunk {
+    TriggerLevel levels[kLevelsPerChunk];
+    std::atomic<LevelChunk*> next{nullptr};
+};
+
+struct SlotChunk {
+    std::atomic<const void*> slots[kSlotsPerChunk] = {};
+    std::atomic<SlotChunk*> next{nullptr};
+};
+
+struct alignas(64) ThreadRecord {
+    std::atomic<std::uint64_t> epoch{0};  // written by the owner
+    std::uint32_t depth = 0;              // owner only: current trigger nesting
+    std::atomic<bool> in_use{false};
+    ThreadRecord* next_record = nullptr;  // immutable once the record is published
+    LevelChunk levels;
+    SlotChunk slots;
+};
+
+struct RecordList {
+    std::atomic<ThreadRecord*> head{nullptr};
+    std::atomic<std::uint32_t> live{0};   // records currently owned by a thread
+    std::atomic<std::uint64_t> epoch{1};  // global reclamation epoch, never 0
+};
+
+inline RecordList g_records;
+inline constinit thread_local ThreadRecord* t_record = nullptr;
+
+struct RecordReleaser {
+    ThreadRecord* record = nullptr;
+    RecordReleaser() = default;
+    RecordReleaser(const RecordReleaser&) = delete;
+    RecordReleaser& operator=(const RecordReleaser&) = delete;
+    ~RecordReleaser() {
+        if (record == nullptr) return;
+        t_record = nullptr;
+        record->in_use.store(false, std::memory_order_release);
+        g_records.live.fetch_sub(1, std::memory_order_seq_cst);
+    }
+};
+
+// Slow path of current_record(): reuse a released record or append a new one.
+inline ThreadRecord* acquire_record() {
+    ensure_barrier_mode();
+    ThreadRecord* found = nullptr;
+    for (ThreadRecord* r = g_records.head.load(std::memory_order_acquire); r; r = r->next_record) {
+        bool expected = false;
+        if (!r->in_use.load(std::memory_order_relaxed) &&
+            r->in_use.compare_exchange_strong(expected, true, std::memory_order_acq_rel)) {
+            found = r;
+            break;
+        }
+    }
+    if (found == nullptr) {
+        found = new ThreadRecord;
+        found->in_use.store(true, std::memory_order_relaxed);
+        ThreadRecord* head = g_records.head.load(std::memory_order_relaxed);
+        do {
+            found->next_record = head;
+        } while (!g_records.head.compare_exchange_weak(head, found, std::memory_order_acq_rel));
+    }
+    g_records.live.fetch_add(1, std::memory_order_seq_cst);
+    static thread_local RecordReleaser releaser;
+    releaser.record = found;
+    t_record = found;
+    return found;
+}
+
+inline ThreadRecord* current_record() {
+    ThreadRecord* r = t_record;
+    return r != nullptr ? r : acquire_record();
+}
+
+template <class Visit>
+void for_each_level(ThreadRecord& r, Visit&& visit) {
+    for (LevelChunk* c = &r.levels; c != nullptr; c = c->next.load(std::memory_order_acquire)) {
+        for (TriggerLevel& level : c->levels) visit(level);
+    }
+}
+
+template <class Visit>
+void for_each_slot(ThreadRecord& r, Visit&& visit) {
+    for (SlotChunk* c = &r.slots; c != nullptr; c = c->next.load(std::memory_order_acquire)) {
+        for (auto& slot : c->slots) visit(slot);
+    }
+}
+
+template <class Pred>
+bool any_record(bool include_self, Pred&& pred) {
+    ThreadRecord* self = t_record;
+    for (ThreadRecord* r = g_records.head.load(std::memory_order_acquire); r; r = r->next_record) {
+        if (r == self && !include_self) continue;
+        if (pred(*r)) return true;
+    }
+    return false;
+}
+
+// The writer's half of the Dekker handshake described at the top of the file.
+inline void writer_barrier() noexcept {
+    full_fence();
+    const std::uint32_t live = g_records.live.load(std::memory_order_seq_cst);
+    const std::uint32_t mine = t_record != nullptr ? 1u : 0u;
+    if (live > mine) heavy_barrier();
+}
+
+inline bool node_named(const void* node, bool include_self) {
+    return any_record(include_self, [node](ThreadRecord& r) {
+        bool hit = false;
+        for_each_level(r, [&](TriggerLevel& l) {
+            hit = hit || l.node.load(std::memory_order_acquire) == node;
+        });
+        return hit;
+    });
+}
+
+inline bool domain_named_elsewhere(const void* domain) {
+    return any_record(false, [domain](ThreadRecord& r) {
+        bool hit = false;
+        for_each_level(r, [&](TriggerLevel& l) {
+            hit = hit || l.domain.load(std::memory_order_acquire) == domain;
+        });
+        return hit;
+    });
+}
+
+inline bool slot_holds(const void* value, const void* tag) {
+    return any_record(true, [&](ThreadRecord& r) {
+        bool hit = false;
+        for_each_slot(r, [&](std::atomic<const void*>& s) {
+            const void* v = s.load(std::memory_order_acquire);
+            hit = hit || (v != nullptr && (v == value || v == tag));
+        });
+        return hit;
+    });
+}
+
+// Smallest epoch announced by a thread inside a trigger (the caller's own
+// record included), or the maximum value if none is.
+inline std::uint64_t min_active_epoch() {
+    std::uint64_t result = std::numeric_limits<std::uint64_t>::max();
+    any_record(true, [&](ThreadRecord& r) {
+        const std::uint64_t e = r.epoch.load(std::memory_order_acquire);
+        if (e != 0 && e < result) result = e;
+        return false;
+    });
+    return result;
+}
+
+inline void cpu_relax() noexcept {
+#if defined(__x86_64__) || defined(__i386__)
+    __builtin_ia32_pause();
+#elif defined(__aarch64__)
+    asm volatile("yield");
+#endif
+}
+
+// Backoff for writers that poll: spin briefly, then yield, then sleep with a
+// growing period capped at one millisecond. Waiting is library-internal; no
+// test relies on its timing.
+class Backoff {
+public:
+    void pause() {
+        if (round_ < 32) {
+            cpu_relax();
+        } else if (round_ < 96) {
+            std::this_thread::yield();
+        } else {
+            std::this_thread::sleep_for(sleep_);
+            if (sleep_ < std::chrono::microseconds(1000)) sleep_ *= 2;
+        }
+        ++round_;
+    }
+    bool sleeping() const noexcept { return round_ >= 96; }
+
+private:
+    unsigned round_ = 0;
+    std::chrono::microseconds sleep_{20};
+};
+
+// RAII publication of one trigger() nesting level on the calling thread.
+class TriggerScope {
+public:
+    explicit TriggerScope(const void* domain) : record_(current_record()) {
+        depth_ = record_->depth;
+        level_ = level_at(depth_);
+        record_->depth = depth_ + 1;
+        if (depth_ == 0) {
+            record_->epoch.store(g_records.epoch.load(std::memory_order_acquire),
+                                 std::memory_order_relaxed);
+        }
+        level_->domain.store(domain, std::memory_order_relaxed);
+        light_barrier();
+    }
+    TriggerScope(const TriggerScope&) = delete;
+    TriggerScope& operator=(const TriggerScope&) = delete;
+    ~TriggerScope() {
+        level_->domain.store(nullptr, std::memory_order_release);
+        if (depth_ == 0) record_->epoch.store(0, std::memory_order_release);
+        record_->depth = depth_;
+    }
+
+    // Announce that `node` may be filtered or run next; its state must be read
+    // only after this returns.
+    void announce(const void* node) noexcept {
+        level_->node.store(node, std::memory_order_relaxed);
+        light_barrier();
+    }
+    // Withdraw the announcement; the caller then checks for waiters.
+    void withdraw() noexcept {
+        level_->node.store(nullptr, std::memory_order_release);
+        light_barrier();
+    }
+
+private:
+    TriggerLevel* level_at(std::uint32_t depth) {
+        LevelChunk* chunk = &record_->levels;
+        while (depth >= kLevelsPerChunk) {
+            LevelChunk* next = chunk->next.load(std::memory_order_relaxed);
+            if (next == nullptr) {
+                next = new LevelChunk;
+                chunk->next.store(next, std::memory_order_release);
+            }
+            chunk = next;
+            depth -= static_cast<std::uint32_t>(kLevelsPerChunk);
+        }
+        return &chunk->levels[depth];
+    }
+
+    ThreadRecord* record_;
+    TriggerLevel* level_;
+    std::uint32_t depth_;
+};
+
+// ---------------------------------------------------------------------------
+// Epoch-based reclamation of memory that readers may still be traversing.
+
+struct Retirable {
+    Retirable* retire_next = nullptr;
+    std::uint64_t retire_stamp = 0;
+    void (*reclaim)(Retirable*) noexcept = nullptr;
+};
+
+// Objects that no reader can reach any more, to be reclaimed with no lock
+// held (reclaiming runs user destructors, which may call back into cbm).
+// Declare it before the lock_guard so that it runs after the unlock.
+class ReclaimBatch {
+public:
+    ReclaimBatch() = default;
+    ReclaimBatch(const ReclaimBatch&) = delete;
+    ReclaimBatch& operator=(const ReclaimBatch&) = delete;
+    ~ReclaimBatch() { run(); }
+
+    void append(Retirable* chain) noexcept {
+        while (chain != nullptr) {
+            Retirable* next = chain->retire_next;
+            chain->retire_next = head_;
+            head_ = chain;
+            chain = next;
+        }
+    }
+    void run() noexcept {
+        while (head_ != nullptr) {
+            Retirable* object = head_;
+            head_ = object->retire_next;
+            object->reclaim(object);
+        }
+    }
+
+private:
+    Retirable* head_ = nullptr;
+};
+
+// A FIFO of retired objects. Guarded by its owner's mutex.
+class RetireList {
+public:
+    RetireList() = default;
+    RetireList(const RetireList&) = delete;
+    RetireList& operator=(const RetireList&) = delete;
+    ~RetireList() {
+        ReclaimBatch batch;
+        batch.append(take_all());
+    }
+
+    // `object` must already be unreachable for readers that start from now on.
+    void retire(Retirable* object, void (*reclaim)(Retirable*) noexcept) noexcept {
+        // An RMW (not a load) so that the unlink happens-before every later
+        // epoch advance, and so before every reader that sees a later epoch.
+        object->retire_stamp = g_records.epoch.fetch_add(0, std::memory_order_seq_cst);
+        object->reclaim = reclaim;
+        object->retire_next = nullptr;
+        if (tail_ != nullptr) {
+            tail_->retire_next = object;
+        } else {
+            head_ = object;
+        }
+        tail_ = object;
+        ++count_;
+    }
+
+    std::size_t size() const noexcept { return count_; }
+
+    // Moves what no reader can reach into `batch`, if enough has piled up to
+    // be worth a heavy barrier. Call once the operation that retired is done.
+    void maybe_reclaim(ReclaimBatch& batch) {
+        if (count_ >= threshold_) reclaim_unreachable(batch);
+    }
+
+    void reclaim_unreachable(ReclaimBatch& batch) {
+        if (head_ == nullptr) return;
+        g_records.epoch.fetch_add(1, std::memory_order_seq_cst);
+        writer_barrier();
+        const std::uint64_t oldest_reader = min_active_epoch();
+        Retirable* chain = nullptr;
+        Retirable** chain_tail = &chain;
+        while (head_ != nullptr && head_->retire_stamp < oldest_reader) {
+            Retirable* object = pop();
+            *chain_tail = object;
+            chain_tail = &object->retire_next;
+        }
+        batch.append(chain);
+        threshold_ = count_ * 2 > kMinThreshold ? count_ * 2 : kMinThreshold;
+    }
+
+    // Only when no reader can hold anything retired here (the domain is dead
+    // and no trigger is inside it): everything, for the caller to reclaim.
+    Retirable* take_all() noexcept {
+        Retirable* chain = head_;
+        head_ = tail_ = nullptr;
+        count_ = 0;
+        return chain;
+    }
+
+private:
+    static constexpr std::size_t kMinThreshold = 64;
+
+    Retirable* pop() noexcept {
+        Retirable* object = head_;
+        head_ = object->retire_next;
+        if (head_ == nullptr) tail_ = nullptr;
+        object->retire_next = nullptr;
+        --count_;
+        return object;
+    }
+
+    Retirable* head_ = nullptr;
+    Retirable* tail_ = nullptr;
+    std::size_t count_ = 0;
+    std::size_t threshold_ = kMinThreshold;
+};
+
+}  // namespace cbm::detail

@@ -1,0 +1,43 @@
+// cbm/error_policy.hpp - what trigger() does when a callback throws, and what it reports.
+#pragma once
+
+#include <cstddef>
+#include <exception>
+#include <functional>
+#include <string>
+#include <vector>
+
+namespace cbm {
+
+// How trigger() treats an exception thrown by a callback or its filter.
+enum class ErrorPolicy {
+    collect,  // record it, report it to the error handler, run the remaining callbacks
+    stop,     // record and report it, then stop: callbacks not reached count as skipped
+    rethrow,  // run all callbacks, then rethrow the first exception from trigger()
+};
+
+// One exception caught by trigger().
+struct Failure {
+    std::string name;          // the callback's CallbackOptions::name (may be empty)
+    std::exception_ptr error;  // what it threw (any type: also `throw 42`)
+    bool in_filter = false;    // true when the filter threw, not the callback
+};
+
+// Called once per Failure, on the triggering thread, with no cbm lock held.
+// An exception thrown by the handler itself is swallowed: it must not stop
+// the remaining callbacks.
+using ErrorHandler = std::function<void(const Failure&)>;
+
+// What one trigger() call did.
+struct TriggerResult {
+    std::size_t invoked = 0;  // callback bodies that ran, including those that threw
+    std::size_t failed = 0;   // callbacks or filters that threw
+    std::size_t skipped = 0;  // filtered out, or not reached (stop policy, stop token, context)
+    bool stopped = false;     // cut short by ErrorPolicy::stop, a stop token or a context
+    std::vector<Failure> failures;  // one entry per failure, in call order
+
+    // True when nothing failed.
+    bool ok() const noexcept { return failed == 0; }
+};
+
+}  // namespace cbm
