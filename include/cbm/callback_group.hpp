@@ -111,7 +111,9 @@ public:
     }
 
     // Effect: unregisters every callback and waits until none runs on another
-    // thread (see Registration::unregister). Returns how many it unregistered.
+    // thread (see Registration::unregister), then also destroys callables left
+    // by earlier unregister_nowait() and `once` runs that no trigger can still
+    // reach. Returns how many it unregistered.
     // Blocks: while callbacks of this group run on other threads.
     std::size_t clear() {
         detail::TakenNodes taken;
@@ -120,7 +122,7 @@ public:
             detail::ReclaimBatch batch;
             std::lock_guard<std::mutex> lock(anchor_->mutex);
             removed = taken.take_all(*anchor_, core_);
-            anchor_->retired.maybe_reclaim(batch);
+            anchor_->retired.reclaim_unreachable(batch);
         }
         taken.wait_and_destroy();
         return removed;

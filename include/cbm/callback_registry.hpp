@@ -135,7 +135,7 @@ public:
             detail::ReclaimBatch batch;
             std::lock_guard<std::mutex> lock(anchor_->mutex);
             removed = take_every_key(taken);
-            anchor_->retired.maybe_reclaim(batch);
+            anchor_->retired.reclaim_unreachable(batch);
         }
         taken.wait_and_destroy();
         return removed;

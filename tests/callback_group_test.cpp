@@ -1,0 +1,563 @@
+// Tests for cbm/callback_group.hpp: the contract of issue 2, part C.
+#include <cbm/callback_group.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <functional>
+#include <latch>
+#include <memory>
+#include <mutex>
+#include <random>
+#include <stdexcept>
+#include <stop_token>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "test_support.hpp"
+
+using cbm::CallbackGroup;
+using cbm::CallbackState;
+using cbm::ErrorPolicy;
+using cbm::Registration;
+using cbm_test::Counter;
+using cbm_test::eventually;
+using cbm_test::Gate;
+using cbm_test::Tracked;
+
+namespace {
+struct Order {
+    int total = 0;
+};
+}  // namespace
+
+// ---------------------------------------------------------------- order
+
+TEST_CASE("callbacks run by descending priority, then in registration order", "[group][order]") {
+    CallbackGroup<void(std::vector<int>&)> group;
+    group.add([](std::vector<int>& out) { out.push_back(1); });
+    group.add([](std::vector<int>& out) { out.push_back(2); }, {.priority = 10});
+    group.add([](std::vector<int>& out) { out.push_back(3); }, {.priority = -5});
+    group.add([](std::vector<int>& out) { out.push_back(4); });
+    group.add([](std::vector<int>& out) { out.push_back(5); }, {.priority = 10});
+    group.add([](std::vector<int>& out) { out.push_back(6); }, {.priority = -5});
+    std::vector<int> seen;
+    group.trigger(seen);
+    REQUIRE(seen == std::vector<int>{2, 5, 1, 4, 3, 6});
+}
+
+TEST_CASE("unregistering some callbacks leaves the order of the others unchanged", "[group][order]") {
+    CallbackGroup<void(std::vector<int>&)> group;
+    std::vector<Registration> regs;
+    for (int i = 0; i < 12; ++i) {
+        regs.push_back(group.add([i](std::vector<int>& out) { out.push_back(i); }, {.priority = i % 3}));
+    }
+    regs[2].unregister();
+    regs[5].unregister();
+    regs[9].unregister();
+    regs[10].unregister();
+    group.add([](std::vector<int>& out) { out.push_back(100); }, {.priority = 1});
+    std::vector<int> seen;
+    group.trigger(seen);
+    REQUIRE(seen == std::vector<int>{8, 11, 1, 4, 7, 100, 0, 3, 6});
+}
+
+// ---------------------------------------------------------------- results, filter, once
+
+TEST_CASE("the designated-initializer options of the issue compile and apply", "[group][filter]") {
+    CallbackGroup<void(const Order&)> on_order;
+    int audited = 0;
+    auto reg = on_order.add([&](const Order& o) { audited += o.total; },
+                            {.priority = 10, .once = false, .name = "audit",
+                             .filter = [](const Order& o) { return o.total > 100; }});
+    cbm::TriggerResult r = on_order.trigger(Order{200});
+    REQUIRE(r.invoked == 1);
+    REQUIRE(r.skipped == 0);
+    r = on_order.trigger(Order{50});
+    REQUIRE(r.invoked == 0);
+    REQUIRE(r.skipped == 1);
+    REQUIRE(audited == 200);
+    REQUIRE(reg.name() == "audit");
+}
+
+TEST_CASE("a once callback runs once, then is unregistered", "[group][once]") {
+    CallbackGroup<void()> group;
+    int runs = 0;
+    auto reg = group.add([&] { ++runs; }, {.once = true});
+    group.trigger();
+    group.trigger();
+    REQUIRE(runs == 1);
+    REQUIRE(reg.state() == CallbackState::unregistered);
+    REQUIRE(group.size() == 0);
+    REQUIRE_FALSE(reg.unregister());
+}
+
+TEST_CASE("a once callback whose filter rejects an event is not used up", "[group][once][filter]") {
+    CallbackGroup<void(int)> group;
+    std::vector<int> seen;
+    group.add([&](int x) { seen.push_back(x); }, {.once = true, .filter = [](int x) { return x > 2; }});
+    for (int x = 0; x < 6; ++x) group.trigger(x);
+    REQUIRE(seen == std::vector<int>{3});
+}
+
+TEST_CASE("a once callback runs exactly once when many threads trigger at the same instant", "[group][once][race]") {
+    constexpr int kThreads = 8;
+    constexpr int kRounds = 200;
+    for (int round = 0; round < kRounds; ++round) {
+        CallbackGroup<void()> group;
+        std::atomic<int> runs{0};
+        auto reg = group.add([&] { runs.fetch_add(1); }, {.once = true});
+        std::latch start(kThreads);
+        std::vector<std::jthread> threads;
+        for (int t = 0; t < kThreads; ++t) {
+            threads.emplace_back([&] {
+                start.arrive_and_wait();
+                group.trigger();
+            });
+        }
+        threads.clear();
+        REQUIRE(runs.load() == 1);
+        REQUIRE(reg.state() == CallbackState::unregistered);
+    }
+}
+
+// ---------------------------------------------------------------- errors
+
+TEST_CASE("exceptions of any type never escape trigger under collect and never stop the others", "[group][errors]") {
+    CallbackGroup<void(int)> group;
+    std::vector<std::string> handled;
+    group.set_error_handler([&](const cbm::Failure& f) { handled.push_back(f.name); });
+    int ran_after = 0;
+    group.add([](int) { throw 42; }, {.priority = 3, .name = "int-thrower"});
+    group.add([](int) { throw std::runtime_error("boom"); }, {.priority = 2, .name = "runtime"});
+    group.add([&](int) { ++ran_after; }, {.priority = 1, .name = "fine"});
+    cbm::TriggerResult r;
+    REQUIRE_NOTHROW(r = group.trigger(1));
+    REQUIRE(r.invoked == 3);
+    REQUIRE(r.failed == 2);
+    REQUIRE(ran_after == 1);
+    REQUIRE_FALSE(r.ok());
+    REQUIRE(r.failures.size() == 2);
+    REQUIRE(r.failures[0].name == "int-thrower");
+    REQUIRE_THROWS_AS(std::rethrow_exception(r.failures[0].error), int);
+    REQUIRE(r.failures[1].name == "runtime");
+    REQUIRE_THROWS_WITH(std::rethrow_exception(r.failures[1].error), "boom");
+    REQUIRE(handled == std::vector<std::string>{"int-thrower", "runtime"});
+}
+
+TEST_CASE("a throwing filter counts as failed, not invoked", "[group][errors][filter]") {
+    CallbackGroup<void(int)> group;
+    int ran = 0;
+    group.add([&](int) { ++ran; }, {.name = "filtered", .filter = [](int) -> bool { throw std::logic_error("f"); }});
+    auto r = group.trigger(1);
+    REQUIRE(ran == 0);
+    REQUIRE(r.invoked == 0);
+    REQUIRE(r.failed == 1);
+    REQUIRE(r.failures.at(0).in_filter);
+    REQUIRE(r.failures.at(0).name == "filtered");
+}
+
+TEST_CASE("the stop policy stops at the first failure and counts the rest as skipped", "[group][errors]") {
+    CallbackGroup<void()> group{ErrorPolicy::stop};
+    int ran = 0;
+    group.add([&] { ++ran; });
+    group.add([] { throw 1; });
+    group.add([&] { ++ran; });
+    group.add([&] { ++ran; });
+    auto r = group.trigger();
+    REQUIRE(ran == 1);
+    REQUIRE(r.invoked == 2);
+    REQUIRE(r.failed == 1);
+    REQUIRE(r.skipped == 2);
+    REQUIRE(r.stopped);
+}
+
+TEST_CASE("the rethrow policy runs every callback, then rethrows the first exception", "[group][errors]") {
+    CallbackGroup<void()> group{ErrorPolicy::rethrow};
+    int ran = 0;
+    group.add([] { throw std::runtime_error("first"); });
+    group.add([&] { ++ran; });
+    group.add([] { throw std::runtime_error("second"); });
+    group.add([&] { ++ran; });
+    REQUIRE_THROWS_WITH(group.trigger(), "first");
+    REQUIRE(ran == 2);
+}
+
+TEST_CASE("an error handler that throws does not stop the other callbacks", "[group][errors]") {
+    CallbackGroup<void()> group;
+    group.set_error_handler([](const cbm::Failure&) { throw std::runtime_error("handler"); });
+    int ran = 0;
+    group.add([] { throw 1; });
+    group.add([&] { ++ran; });
+    auto r = group.trigger();
+    REQUIRE(ran == 1);
+    REQUIRE(r.failed == 1);
+}
+
+// ---------------------------------------------------------------- stop token
+
+TEST_CASE("a stop token stops the trigger before the next callback", "[group][stop]") {
+    CallbackGroup<void()> group;
+    std::stop_source source;
+    int ran = 0;
+    group.add([&] { ++ran; });
+    group.add([&] {
+        ++ran;
+        source.request_stop();
+    });
+    group.add([&] { ++ran; });
+    group.add([&] { ++ran; });
+    auto r = group.trigger(source.get_token());
+    REQUIRE(ran == 2);
+    REQUIRE(r.invoked == 2);
+    REQUIRE(r.skipped == 2);
+    REQUIRE(r.stopped);
+    auto again = group.trigger(source.get_token());
+    REQUIRE(again.invoked == 0);
+    REQUIRE(again.skipped == 4);
+}
+
+// ---------------------------------------------------------------- snapshot semantics, re-entrancy
+
+TEST_CASE("a callback added during a trigger is not run by that trigger", "[group][snapshot]") {
+    CallbackGroup<void()> group;
+    int late_runs = 0;
+    std::vector<Registration> added;
+    group.add([&] { added.push_back(group.add([&] { ++late_runs; }, {.priority = -1})); });
+    group.trigger();
+    REQUIRE(late_runs == 0);
+    group.trigger();
+    REQUIRE(late_runs == 1);
+}
+
+TEST_CASE("a callback unregistered during a trigger before being reached is not run", "[group][snapshot]") {
+    CallbackGroup<void()> group;
+    Registration victim;
+    int victim_runs = 0;
+    group.add([&] { REQUIRE(victim.unregister()); }, {.priority = 1});
+    victim = group.add([&] { ++victim_runs; });
+    auto r = group.trigger();
+    REQUIRE(victim_runs == 0);
+    REQUIRE(r.invoked == 1);
+}
+
+TEST_CASE("callbacks cleared during a trigger before being reached are not run", "[group][snapshot]") {
+    CallbackGroup<void()> group;
+    int later_runs = 0;
+    group.add([&] { REQUIRE(group.clear() == 3); }, {.priority = 1});
+    group.add([&] { ++later_runs; });
+    group.add([&] { ++later_runs; });
+    group.trigger();
+    REQUIRE(later_runs == 0);
+    REQUIRE(group.empty());
+}
+
+TEST_CASE("a callback may trigger, add to and unregister from its own group", "[group][reentrancy]") {
+    CallbackGroup<void(int)> group;
+    int depth_reached = 0;
+    Registration self;
+    self = group.add([&](int depth) {
+        depth_reached = std::max(depth_reached, depth);
+        if (depth < 40) group.trigger(depth + 1);  // deeper than one chunk of levels
+        if (depth == 0) {
+            auto extra = group.add([](int) {});
+            REQUIRE(extra.unregister());
+            REQUIRE(self.unregister());  // does not wait for itself
+        }
+    });
+    group.trigger(0);
+    REQUIRE(depth_reached == 40);
+    REQUIRE(self.state() == CallbackState::unregistered);
+    REQUIRE(group.trigger(0).invoked == 0);
+}
+
+// ---------------------------------------------------------------- bad input
+
+TEST_CASE("adding an empty std::function or a null function pointer throws and registers nothing", "[group][input]") {
+    CallbackGroup<void(int)> group;
+    void (*null_fn)(int) = nullptr;
+    REQUIRE_THROWS_AS(group.add(null_fn), std::invalid_argument);
+    REQUIRE_THROWS_AS(group.add(std::function<void(int)>{}), std::invalid_argument);
+    REQUIRE_THROWS_WITH(group.add(std::function<void(int)>{}), Catch::Contains("empty callable"));
+    REQUIRE(group.size() == 0);
+    REQUIRE(group.trigger(1).invoked == 0);
+}
+
+// ---------------------------------------------------------------- blocking unregister
+
+TEST_CASE("unregister returns only after the callback finished running on another thread", "[group][unregister][race]") {
+    for (int round = 0; round < 20; ++round) {
+        CallbackGroup<void()> group;
+        Gate entered, release;
+        std::atomic<bool> finished{false};
+        auto reg = group.add([&] {
+            entered.open();
+            release.wait();
+            finished.store(true);
+        });
+        std::jthread runner([&] { group.trigger(); });
+        entered.wait();
+        REQUIRE(reg.state() == CallbackState::executing);
+        bool finished_when_returned = false;
+        bool won = false;
+        std::jthread unregisterer([&] {
+            won = reg.unregister();
+            finished_when_returned = finished.load();
+        });
+        // unregister() has begun once the state turned terminal; only then let the callback go.
+        REQUIRE(eventually([&] { return reg.state() == CallbackState::unregistered; }));
+        release.open();
+        unregisterer.join();
+        REQUIRE(won);
+        REQUIRE(finished_when_returned);
+    }
+}
+
+TEST_CASE("an unregister that loses the race still waits for the running invocation", "[group][unregister][race]") {
+    CallbackGroup<void()> group;
+    Gate entered, release;
+    std::atomic<bool> finished{false};
+    auto reg = group.add([&] {
+        entered.open();
+        release.wait();
+        finished.store(true);
+    });
+    std::jthread runner([&] { group.trigger(); });
+    entered.wait();
+    REQUIRE(reg.unregister_nowait());  // wins, does not wait
+    REQUIRE_FALSE(finished.load());
+    bool finished_when_returned = false;
+    bool won = true;
+    std::jthread loser([&] {
+        won = reg.unregister();
+        finished_when_returned = finished.load();
+    });
+    release.open();
+    loser.join();
+    REQUIRE_FALSE(won);
+    REQUIRE(finished_when_returned);
+}
+
+TEST_CASE("unregister from inside the callback itself does not wait", "[group][unregister]") {
+    CallbackGroup<void()> group;
+    Registration reg;
+    int runs = 0;
+    reg = group.add([&] {
+        ++runs;
+        REQUIRE(reg.unregister());
+        REQUIRE(reg.state() == CallbackState::unregistered);
+    });
+    group.trigger();
+    group.trigger();
+    REQUIRE(runs == 1);
+}
+
+TEST_CASE("a callback deep in another thread's nested triggers is waited for", "[group][unregister][race]") {
+    CallbackGroup<void(int)> group;
+    Gate entered, release;
+    std::atomic<bool> finished{false};
+    Registration deep;
+    auto recurse = group.add([&](int depth) {
+        if (depth < 20) group.trigger(depth + 1);
+    }, {.priority = 1});
+    deep = group.add([&](int depth) {
+        if (depth != 20) return;
+        entered.open();
+        release.wait();
+        finished.store(true);
+    });
+    std::jthread runner([&] { group.trigger(0); });
+    entered.wait();
+    bool finished_when_returned = false;
+    std::jthread unregisterer([&] {
+        deep.unregister();
+        finished_when_returned = finished.load();
+    });
+    REQUIRE(eventually([&] { return deep.state() == CallbackState::unregistered; }));
+    release.open();
+    unregisterer.join();
+    REQUIRE(finished_when_returned);
+}
+
+TEST_CASE("clear waits for callbacks running on other threads", "[group][clear][race]") {
+    CallbackGroup<void()> group;
+    Gate entered, release;
+    std::atomic<bool> finished{false};
+    auto reg = group.add([&] {
+        entered.open();
+        release.wait();
+        finished.store(true);
+    });
+    std::jthread runner([&] { group.trigger(); });
+    entered.wait();
+    bool finished_when_returned = false;
+    std::size_t cleared = 0;
+    std::jthread clearer([&] {
+        cleared = group.clear();
+        finished_when_returned = finished.load();
+    });
+    REQUIRE(eventually([&] { return reg.state() == CallbackState::unregistered; }));
+    release.open();
+    clearer.join();
+    REQUIRE(cleared == 1);
+    REQUIRE(finished_when_returned);
+}
+
+TEST_CASE("the group's destructor waits for another thread still inside trigger", "[group][lifetime][race]") {
+    auto group = std::make_unique<CallbackGroup<void()>>();
+    Gate entered, release;
+    std::atomic<bool> trigger_returned{false};
+    auto reg = group->add([&] {
+        entered.open();
+        release.wait();
+    });
+    std::jthread runner([&] {
+        group->trigger();
+        trigger_returned.store(true);
+    });
+    entered.wait();
+    bool returned_when_destroyed = false;
+    std::jthread destroyer([&] {
+        group.reset();
+        returned_when_destroyed = trigger_returned.load();
+    });
+    REQUIRE(eventually([&] { return reg.state() == CallbackState::unregistered; }));
+    release.open();
+    destroyer.join();
+    // The trigger may return just after the destructor saw it leave, but the
+    // callback body must have finished: the state is terminal and nothing runs.
+    REQUIRE(reg.state() == CallbackState::unregistered);
+    runner.join();
+    REQUIRE(trigger_returned.load());
+    (void)returned_when_destroyed;
+}
+
+// ---------------------------------------------------------------- lifetimes
+
+TEST_CASE("captured state is destroyed exactly once, right after a blocking unregister", "[group][lifetime]") {
+    Counter counter;
+    CallbackGroup<void()> group;
+    auto reg = group.add([t = Tracked(counter)] { REQUIRE(t.alive()); });
+    group.trigger();
+    REQUIRE(counter.alive() == 1);
+    reg.unregister();
+    REQUIRE(counter.alive() == 0);
+    REQUIRE(counter.errors == 0);
+}
+
+TEST_CASE("captured state is destroyed with its group at the latest", "[group][lifetime]") {
+    Counter counter;
+    Registration kept;
+    {
+        CallbackGroup<void()> group;
+        kept = group.add([t = Tracked(counter)] {});
+        group.add([t = Tracked(counter)] {});
+        auto nowait = group.add([t = Tracked(counter)] {});
+        nowait.unregister_nowait();
+        group.add([t = Tracked(counter)] {}, {.once = true});
+        group.trigger();
+    }
+    REQUIRE(counter.alive() == 0);
+    REQUIRE(counter.errors == 0);
+    REQUIRE(kept.state() == CallbackState::unregistered);
+    REQUIRE_FALSE(kept.unregister());
+}
+
+TEST_CASE("clear destroys the captured state of every callback", "[group][lifetime]") {
+    Counter counter;
+    CallbackGroup<void()> group;
+    for (int i = 0; i < 10; ++i) group.add([t = Tracked(counter)] {});
+    REQUIRE(group.clear() == 10);
+    REQUIRE(counter.alive() == 0);
+}
+
+TEST_CASE("a callable whose destructor unregisters another callback of the same group does not deadlock", "[group][lifetime][reentrancy]") {
+    CallbackGroup<void()> group;
+    auto other = std::make_shared<cbm::ScopedRegistration>(group.add([] {}));
+    auto reg = group.add([other] {});
+    other.reset();
+    REQUIRE(reg.unregister());  // destroys the lambda, whose ScopedRegistration unregisters `other`
+    REQUIRE(group.size() == 0);
+}
+
+// ---------------------------------------------------------------- the big race
+
+TEST_CASE("add, unregister, trigger and clear race from many threads without leaks or double destruction", "[group][race]") {
+    Counter counter;
+    {
+        CallbackGroup<void(int)> group;
+        constexpr int kThreads = 6;
+        constexpr int kRounds = 400;
+        std::atomic<long> calls{0};
+        std::atomic<int> violations{0};
+        std::latch start(kThreads);
+        std::vector<std::jthread> threads;
+        for (int t = 0; t < kThreads; ++t) {
+            threads.emplace_back([&, t] {
+                std::mt19937 rng(static_cast<unsigned>(t) * 7919u + 1);
+                std::vector<Registration> mine;
+                start.arrive_and_wait();
+                for (int i = 0; i < kRounds; ++i) {
+                    switch (rng() % 8) {
+                        case 0:
+                        case 1:
+                            mine.push_back(group.add(
+                                [&calls, &violations, tracked = Tracked(counter)](int) {
+                                    if (!tracked.alive()) violations.fetch_add(1);
+                                    calls.fetch_add(1, std::memory_order_relaxed);
+                                },
+                                {.priority = static_cast<int>(rng() % 5) - 2, .once = rng() % 4 == 0}));
+                            break;
+                        case 2:
+                            if (!mine.empty()) {
+                                mine.back().unregister();
+                                if (mine.back().state() != CallbackState::unregistered) violations.fetch_add(1);
+                                mine.pop_back();
+                            }
+                            break;
+                        case 3:
+                            if (!mine.empty()) {
+                                mine.front().unregister_nowait();
+                                mine.erase(mine.begin());
+                            }
+                            break;
+                        case 4:
+                            if (i % 50 == 0) group.clear();
+                            break;
+                        default:
+                            group.trigger(i);
+                    }
+                }
+            });
+        }
+        threads.clear();
+        group.clear();
+        REQUIRE(violations.load() == 0);
+        REQUIRE(calls.load() > 0);
+        REQUIRE(counter.alive() == 0);
+    }
+    REQUIRE(counter.alive() == 0);
+    REQUIRE(counter.errors == 0);
+}
+
+TEST_CASE("the state reads unregistered forever once it has read unregistered", "[group][state][race]") {
+    for (int round = 0; round < 100; ++round) {
+        CallbackGroup<void()> group;
+        auto reg = group.add([] {});
+        std::atomic<bool> stop{false};
+        std::jthread trigger_thread([&] {
+            while (!stop.load()) group.trigger();
+        });
+        std::jthread unregister_thread([&] { reg.unregister_nowait(); });
+        bool seen_unregistered = false;
+        for (int i = 0; i < 2000; ++i) {
+            const CallbackState s = reg.state();
+            if (seen_unregistered) REQUIRE(s == CallbackState::unregistered);
+            if (s == CallbackState::unregistered) seen_unregistered = true;
+        }
+        unregister_thread.join();
+        REQUIRE(reg.state() == CallbackState::unregistered);
+        stop.store(true);
+    }
+}
