@@ -1,2 +1,293 @@
+// Tests for cbm/callback_registry.hpp.
+#include <cbm/callback_registry.hpp>
+
 #include <catch2/catch.hpp>
-TEST_CASE("placeholder") { REQUIRE(true); }
+
+#include <atomic>
+#include <functional>
+#include <latch>
+#include <malloc.h>
+#include <memory>
+#include <random>
+#include <stdexcept>
+#include <stop_token>
+#include <string>
+#include <thread>
+#include <vector>
+
+#include "test_support.hpp"
+
+using cbm::CallbackRegistry;
+using cbm::CallbackState;
+using cbm::Registration;
+using cbm_test::Counter;
+using cbm_test::eventually;
+using cbm_test::Gate;
+using cbm_test::Tracked;
+
+namespace {
+#if defined(__SANITIZE_ADDRESS__) || defined(__SANITIZE_THREAD__)
+constexpr bool kSanitized = true;
+#else
+constexpr bool kSanitized = false;
+#endif
+
+struct Order {
+    int total = 0;
+};
+}  // namespace
+
+TEST_CASE("callbacks run only for the key they were added under", "[registry]") {
+    CallbackRegistry<std::string, void(const Order&)> registry;
+    int shipped = 0;
+    int paid = 0;
+    registry.add("order.shipped", [&](const Order& o) { shipped += o.total; });
+    registry.add("order.paid", [&](const Order& o) { paid += o.total; });
+    registry.add("order.paid", [&](const Order& o) { paid += o.total; });
+    REQUIRE(registry.trigger("order.paid", Order{5}).invoked == 2);
+    REQUIRE(paid == 10);
+    REQUIRE(shipped == 0);
+    REQUIRE(registry.size("order.paid") == 2);
+    REQUIRE(registry.key_count() == 2);
+}
+
+TEST_CASE("triggering an unknown key creates nothing and invokes nothing", "[registry]") {
+    CallbackRegistry<std::string, void(int)> registry;
+    registry.add("known", [](int) {});
+    auto r = registry.trigger("unknown", 1);
+    REQUIRE(r.invoked == 0);
+    REQUIRE(r.ok());
+    REQUIRE(registry.key_count() == 1);
+    REQUIRE_FALSE(registry.contains("unknown"));
+}
+
+TEST_CASE("a key disappears as soon as its last callback goes", "[registry]") {
+    CallbackRegistry<int, void()> registry;
+    auto a = registry.add(7, [] {});
+    auto b = registry.add(7, [] {}, {.once = true});
+    REQUIRE(registry.key_count() == 1);
+    a.unregister();
+    REQUIRE(registry.key_count() == 1);
+    registry.trigger(7);  // the once callback runs and goes
+    REQUIRE(registry.key_count() == 0);
+    REQUIRE(registry.size(7) == 0);
+    REQUIRE(b.state() == CallbackState::unregistered);
+}
+
+TEST_CASE("erase returns how many callbacks it removed and removes the key", "[registry]") {
+    Counter counter;
+    CallbackRegistry<std::string, void()> registry;
+    auto kept = registry.add("a", [t = Tracked(counter)] {});
+    registry.add("a", [t = Tracked(counter)] {});
+    registry.add("b", [t = Tracked(counter)] {});
+    REQUIRE(registry.erase("a") == 2);
+    REQUIRE(registry.erase("a") == 0);
+    REQUIRE(registry.erase("missing") == 0);
+    REQUIRE(registry.key_count() == 1);
+    REQUIRE(counter.alive() == 1);
+    REQUIRE(kept.state() == CallbackState::unregistered);
+    REQUIRE(registry.clear() == 1);
+    REQUIRE(registry.key_count() == 0);
+    REQUIRE(counter.alive() == 0);
+}
+
+TEST_CASE("adding an empty callable throws and creates no key", "[registry][input]") {
+    CallbackRegistry<std::string, void(int)> registry;
+    REQUIRE_THROWS_AS(registry.add("k", std::function<void(int)>{}), std::invalid_argument);
+    void (*null_fn)(int) = nullptr;
+    REQUIRE_THROWS_AS(registry.add("k", null_fn), std::invalid_argument);
+    REQUIRE(registry.key_count() == 0);
+    REQUIRE(registry.keys().empty());
+}
+
+TEST_CASE("a throwing hash leaves the registry unchanged", "[registry][input]") {
+    struct PickyHash {
+        std::size_t operator()(int k) const {
+            if (k < 0) throw std::domain_error("negative key");
+            return std::hash<int>{}(k);
+        }
+    };
+    CallbackRegistry<int, void(), PickyHash> registry;
+    REQUIRE_THROWS_AS(registry.add(-1, [] {}), std::domain_error);
+    REQUIRE(registry.key_count() == 0);
+    registry.add(1, [] {});
+    REQUIRE(registry.trigger(1).invoked == 1);
+}
+
+TEST_CASE("the registry's error policy and handler apply to every key", "[registry][errors]") {
+    CallbackRegistry<std::string, void()> registry{cbm::ErrorPolicy::stop};
+    std::vector<std::string> reported;
+    registry.set_error_handler([&](const cbm::Failure& f) { reported.push_back(f.name); });
+    int ran = 0;
+    registry.add("k", [] { throw 1; }, {.priority = 1, .name = "thrower"});
+    registry.add("k", [&] { ++ran; });
+    auto r = registry.trigger("k");
+    REQUIRE(ran == 0);
+    REQUIRE(r.failed == 1);
+    REQUIRE(r.skipped == 1);
+    REQUIRE(reported == std::vector<std::string>{"thrower"});
+    REQUIRE(registry.error_policy() == cbm::ErrorPolicy::stop);
+}
+
+TEST_CASE("a registry trigger stops before the next callback once stop is requested", "[registry][stop]") {
+    CallbackRegistry<int, void()> registry;
+    std::stop_source source;
+    int ran = 0;
+    registry.add(1, [&] {
+        ++ran;
+        source.request_stop();
+    });
+    registry.add(1, [&] { ++ran; });
+    auto r = registry.trigger(source.get_token(), 1);
+    REQUIRE(ran == 1);
+    REQUIRE(r.stopped);
+    REQUIRE(r.skipped == 1);
+}
+
+TEST_CASE("a callback may add, erase and trigger keys of its own registry", "[registry][reentrancy]") {
+    CallbackRegistry<int, void(int)> registry;
+    std::vector<int> seen;
+    registry.add(0, [&](int depth) {
+        seen.push_back(depth);
+        if (depth < 3) {
+            registry.add(depth + 1, [&](int d) { seen.push_back(100 + d); });
+            registry.trigger(depth + 1, depth + 1);
+            registry.trigger(0, depth + 1);
+        } else {
+            registry.erase(0);
+        }
+    });
+    registry.trigger(0, 0);
+    REQUIRE(registry.size(0) == 0);
+    REQUIRE(seen == std::vector<int>{0, 101, 1, 102, 2, 103, 3});
+}
+
+TEST_CASE("adding and unregistering under a million distinct keys leaves no key and no memory behind", "[registry][memory]") {
+    const int kKeys = kSanitized ? 100'000 : 1'000'000;
+    CallbackRegistry<int, void()> registry;
+    const std::size_t before = mallinfo2().uordblks;
+    {
+        std::vector<Registration> regs;
+        regs.reserve(static_cast<std::size_t>(kKeys));
+        for (int k = 0; k < kKeys; ++k) regs.push_back(registry.add(k, [] {}));
+        REQUIRE(registry.key_count() == static_cast<std::size_t>(kKeys));
+        for (auto& r : regs) r.unregister();
+        REQUIRE(registry.key_count() == 0);
+    }
+    registry.clear();  // reclaims what no trigger can reach
+    const std::size_t after = mallinfo2().uordblks;
+    if (!kSanitized) {  // sanitizer allocators do not report through mallinfo
+        INFO("heap in use before " << before << " after " << after);
+        REQUIRE(after < before + 64 * 1024);
+    }
+}
+
+TEST_CASE("erase waits for a callback of that key running on another thread", "[registry][race]") {
+    CallbackRegistry<std::string, void()> registry;
+    Gate entered, release;
+    std::atomic<bool> finished{false};
+    auto reg = registry.add("slow", [&] {
+        entered.open();
+        release.wait();
+        finished.store(true);
+    });
+    std::jthread runner([&] { registry.trigger("slow"); });
+    entered.wait();
+    bool finished_when_returned = false;
+    std::size_t erased = 0;
+    std::jthread eraser([&] {
+        erased = registry.erase("slow");
+        finished_when_returned = finished.load();
+    });
+    REQUIRE(eventually([&] { return reg.state() == CallbackState::unregistered; }));
+    release.open();
+    eraser.join();
+    REQUIRE(erased == 1);
+    REQUIRE(finished_when_returned);
+}
+
+TEST_CASE("the registry's destructor waits for triggers and destroys every callable", "[registry][lifetime][race]") {
+    Counter counter;
+    auto registry = std::make_unique<CallbackRegistry<int, void()>>();
+    Gate entered, release;
+    std::atomic<bool> finished{false};
+    auto reg = registry->add(1, [&, t = Tracked(counter)] {
+        entered.open();
+        release.wait();
+        finished.store(true);
+    });
+    registry->add(2, [t = Tracked(counter)] {});
+    std::jthread runner([&] { registry->trigger(1); });
+    entered.wait();
+    bool finished_when_destroyed = false;
+    std::jthread destroyer([&] {
+        registry.reset();
+        finished_when_destroyed = finished.load();
+    });
+    REQUIRE(eventually([&] { return reg.state() == CallbackState::unregistered; }));
+    release.open();
+    destroyer.join();
+    REQUIRE(finished_when_destroyed);
+    REQUIRE(counter.alive() == 0);
+    REQUIRE_FALSE(reg.unregister());
+}
+
+TEST_CASE("add, unregister, trigger, erase and clear race on a registry without leaks", "[registry][race]") {
+    Counter counter;
+    {
+        CallbackRegistry<int, void(int)> registry;
+        constexpr int kThreads = 6;
+        constexpr int kRounds = 400;
+        std::atomic<int> violations{0};
+        std::atomic<long> calls{0};
+        std::latch start(kThreads);
+        std::vector<std::jthread> threads;
+        for (int t = 0; t < kThreads; ++t) {
+            threads.emplace_back([&, t] {
+                std::mt19937 rng(static_cast<unsigned>(t) * 104729u + 3);
+                std::vector<Registration> mine;
+                start.arrive_and_wait();
+                for (int i = 0; i < kRounds; ++i) {
+                    const int key = static_cast<int>(rng() % 40);
+                    switch (rng() % 10) {
+                        case 0:
+                        case 1:
+                        case 2:
+                            mine.push_back(registry.add(key, [&, tracked = Tracked(counter)](int) {
+                                if (!tracked.alive()) violations.fetch_add(1);
+                                calls.fetch_add(1, std::memory_order_relaxed);
+                            }, {.once = rng() % 3 == 0}));
+                            break;
+                        case 3:
+                            if (!mine.empty()) {
+                                mine.back().unregister();
+                                mine.pop_back();
+                            }
+                            break;
+                        case 4:
+                            if (!mine.empty()) {
+                                mine.front().unregister_nowait();
+                                mine.erase(mine.begin());
+                            }
+                            break;
+                        case 5:
+                            registry.erase(key);
+                            break;
+                        case 6:
+                            if (i % 100 == 0) registry.clear();
+                            break;
+                        default:
+                            registry.trigger(key, i);
+                    }
+                }
+            });
+        }
+        threads.clear();
+        REQUIRE(violations.load() == 0);
+        REQUIRE(calls.load() > 0);
+        registry.clear();
+        REQUIRE(registry.key_count() == 0);
+        REQUIRE(counter.alive() == 0);
+    }
+    REQUIRE(counter.errors == 0);
+}
