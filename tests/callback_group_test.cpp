@@ -561,3 +561,22 @@ TEST_CASE("the state reads unregistered forever once it has read unregistered", 
         stop.store(true);
     }
 }
+
+TEST_CASE("under the stop policy a filtered callback that throws counts as invoked, a throwing filter does not", "[group][errors][filter]") {
+    CallbackGroup<void()> group{ErrorPolicy::stop};
+    group.add([] { throw 1; }, {.priority = 2, .filter = [] { return true; }});
+    group.add([] {});
+    auto r = group.trigger();
+    REQUIRE(r.invoked == 1);
+    REQUIRE(r.failed == 1);
+    REQUIRE(r.skipped == 1);
+    REQUIRE(r.stopped);
+
+    CallbackGroup<void()> filters{ErrorPolicy::stop};
+    filters.add([] {}, {.priority = 2, .filter = []() -> bool { throw 1; }});
+    filters.add([] {});
+    r = filters.trigger();
+    REQUIRE(r.invoked == 0);
+    REQUIRE(r.failed == 1);
+    REQUIRE(r.skipped == 1);
+}

@@ -21,6 +21,8 @@ class Callback;
 
 namespace detail {
 
+struct CallbackAccess;
+
 template <class T>
 struct is_callback : std::false_type {};
 template <class Sig>
@@ -114,6 +116,11 @@ public:
     // End of public interface. Implementation details follow.
 
 private:
+    friend struct detail::CallbackAccess;
+
+    // For cbm's dispatch loop, which never stores an empty Callback.
+    R invoke_nonempty(Args... args) const { return invoke_(storage_, std::forward<Args>(args)...); }
+
     enum class Op { move, destroy };
     using Invoke = R (*)(const unsigned char*, Args&&...);
     using Manage = void (*)(Op, unsigned char*, unsigned char*) noexcept;
@@ -161,5 +168,14 @@ private:
     Manage manage_ = nullptr;
     alignas(inline_align) mutable unsigned char storage_[inline_size] = {};
 };
+
+namespace detail {
+struct CallbackAccess {
+    template <class R, class... Args, class... A>
+    static R invoke(const Callback<R(Args...)>& f, A&&... args) {
+        return f.invoke_nonempty(std::forward<A>(args)...);
+    }
+};
+}  // namespace detail
 
 }  // namespace cbm

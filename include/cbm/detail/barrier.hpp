@@ -86,17 +86,22 @@ inline BarrierMode ensure_barrier_mode() noexcept {
 // Only used in TSan builds; see the file comment.
 inline std::atomic<unsigned> g_tsan_barrier_word{0};
 
-inline void light_barrier() noexcept {
+// `mode` is g_barrier_mode as read earlier by this thread (readers read it
+// once per trigger rather than once per barrier).
+inline void light_barrier(BarrierMode mode) noexcept {
 #if CBM_DETAIL_TSAN
+    (void)mode;
     g_tsan_barrier_word.fetch_add(1, std::memory_order_seq_cst);
 #else
-    if (g_barrier_mode.load(std::memory_order_relaxed) == BarrierMode::membarrier) {
+    if (mode == BarrierMode::membarrier) {
         std::atomic_signal_fence(std::memory_order_seq_cst);
     } else {
         std::atomic_thread_fence(std::memory_order_seq_cst);
     }
 #endif
 }
+
+inline void light_barrier() noexcept { light_barrier(g_barrier_mode.load(std::memory_order_relaxed)); }
 
 inline void heavy_barrier() noexcept {
 #if CBM_DETAIL_TSAN

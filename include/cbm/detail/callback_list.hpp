@@ -55,15 +55,33 @@ inline constexpr std::uint32_t kWaiter = 2u;
 struct ListCore;
 struct Anchor;
 
-struct NodeBase : Retirable {
+struct NodeBase;
+
+// Links a node into a RetireList without making Retirable its first base,
+// which keeps the fields a trigger reads together at the start of the node.
+struct NodeRetireHook : Retirable {
+    NodeBase* node = nullptr;
+};
+
+// Size of the type-erased callable stored in every node (a Callback<Sig> of
+// any signature: two function pointers and three pointers of storage).
+inline constexpr std::size_t kCallableBytes = 5 * sizeof(void*);
+
+// Aligned to a cache line: everything a trigger reads of a node without a
+// filter is in the first 64 bytes.
+struct alignas(64) NodeBase {
+    enum Kind : std::uint8_t { plain = 0, filtered = 1, once_only = 2 };
+
     // Hot: read by every trigger.
     std::atomic<NodeBase*> next{nullptr};  // written under the anchor mutex
     std::atomic<std::uint32_t> state{0};   // see the lifecycle above
     std::uint32_t seq = 0;                 // set under the mutex before publication
-    bool once = false;                     // immutable
+    std::uint8_t kind = plain;             // Kind bits, immutable
     std::atomic<bool> target_destroyed{false};
+    alignas(void*) unsigned char callable[kCallableBytes];  // a Callback<Sig>, see Node<Sig>
 
     // Cold.
+    NodeRetireHook retire_hook;
     std::atomic<std::uint32_t> refs{2};    // the list's reference + the first handle's
     std::atomic<std::uint32_t> wake{0};    // bumped to wake blocking unregisters
     int priority = 0;                      // immutable
@@ -73,6 +91,12 @@ struct NodeBase : Retirable {
     std::string name;                      // immutable
     void (*destroy_target)(NodeBase*) noexcept = nullptr;
     void (*delete_node)(NodeBase*) noexcept = nullptr;
+
+    NodeBase() noexcept { retire_hook.node = this; }
+    NodeBase(const NodeBase&) = delete;
+    NodeBase& operator=(const NodeBase&) = delete;
+
+    bool is_once() const noexcept { return (kind & once_only) != 0; }
 
     void add_ref() noexcept { refs.fetch_add(1, std::memory_order_relaxed); }
     void release_ref() noexcept;
@@ -123,7 +147,7 @@ inline void NodeBase::release_ref() noexcept {
 }
 
 inline void reclaim_node(Retirable* r) noexcept {
-    auto* node = static_cast<NodeBase*>(r);
+    NodeBase* node = static_cast<NodeRetireHook*>(r)->node;
     node->destroy_target_once();
     node->release_ref();
 }
@@ -189,7 +213,7 @@ inline void unlink_and_retire(Anchor& anchor, NodeBase* n) noexcept {
     ListCore* core = n->core;
     if (core == nullptr) return;
     core->unlink(n);
-    anchor.retired.retire(n, &reclaim_node);
+    anchor.retired.retire(&n->retire_hook, &reclaim_node);
     if (core->count() == 0 && core->on_empty != nullptr) core->on_empty(core);
 }
 

@@ -5,8 +5,10 @@
 // read-modify-write on memory shared with other threads.
 #pragma once
 
+#include <cstddef>
 #include <cstdint>
 #include <exception>
+#include <new>
 #include <stdexcept>
 #include <string>
 #include <type_traits>
@@ -27,12 +29,21 @@ struct FilterOf<R(Args...)> {
 
 template <class Signature>
 struct Node final : NodeBase {
-    Callback<Signature> fn;
+    using Fn = Callback<Signature>;
+    static_assert(sizeof(Fn) == kCallableBytes && alignof(Fn) <= alignof(void*),
+                  "cbm: Callback layout changed; update kCallableBytes");
+
     typename FilterOf<Signature>::type filter;
+
+    explicit Node(Fn&& f) noexcept { ::new (static_cast<void*>(callable)) Fn(std::move(f)); }
+    ~Node() { fn().~Fn(); }
+
+    const Fn& fn() const noexcept { return *std::launder(reinterpret_cast<const Fn*>(callable)); }
+    Fn& fn() noexcept { return *std::launder(reinterpret_cast<Fn*>(callable)); }
 
     static void destroy_target_of(NodeBase* base) noexcept {
         auto* self = static_cast<Node*>(base);
-        self->fn.reset();
+        self->fn().reset();
         self->filter.reset();
     }
     static void delete_of(NodeBase* base) noexcept { delete static_cast<Node*>(base); }
@@ -44,11 +55,11 @@ template <class Signature, class F, class Options>
 Node<Signature>* make_node(Anchor& anchor, F&& f, Options&& options) {
     Callback<Signature> fn(std::forward<F>(f));
     if (!fn) throw std::invalid_argument("cbm: cannot register an empty callable");
-    auto* node = new Node<Signature>;
-    node->fn = std::move(fn);
+    auto* node = new Node<Signature>(std::move(fn));
     node->filter = std::move(options.filter);
+    node->kind = static_cast<std::uint8_t>((node->filter ? NodeBase::filtered : 0) |
+                                           (options.once ? NodeBase::once_only : 0));
     node->priority = options.priority;
-    node->once = options.once;
     node->name = std::move(options.name);
     node->destroy_target = &Node<Signature>::destroy_target_of;
     node->delete_node = &Node<Signature>::delete_of;
@@ -57,85 +68,108 @@ Node<Signature>* make_node(Anchor& anchor, F&& f, Options&& options) {
     return node;
 }
 
-inline void record_failure(TriggerResult& result, const std::shared_ptr<const ErrorHandler>& handler,
-                           const NodeBase& node, std::exception_ptr error, bool in_filter) noexcept {
+// Records one exception (from the callback, or from its filter when
+// `in_filter`) and reports it to the anchor's handler. Returns true when the
+// policy says to stop. Kept out of line: the loop below stays small.
+[[gnu::noinline]] inline bool record_failure(TriggerResult& result, Anchor& anchor, const NodeBase& node,
+                                             std::exception_ptr error, bool in_filter) noexcept {
     ++result.failed;
     try {
         result.failures.push_back(Failure{node.name, std::move(error), in_filter});
-        if (handler && *handler) (*handler)(result.failures.back());
+        if (auto handler = anchor.error_handler(); handler && *handler) (*handler)(result.failures.back());
     } catch (...) {
         // The handler must not stop the other callbacks (error_policy.hpp).
     }
+    return anchor.policy == ErrorPolicy::stop;
+}
+
+// What happened to one callback. `stop*`: the error policy ends the trigger.
+enum class Outcome : std::uint8_t { invoked, invoked_once, skipped, failed_filter, stop_in_filter, stop };
+
+// The rarely taken part of the loop: a filter, or a `once` claim.
+template <class Signature, class... A>
+Outcome run_special(Node<Signature>& node, Anchor& anchor, TriggerResult& result, A&... args) {
+    if ((node.kind & NodeBase::filtered) != 0) {
+        bool selected = false;
+        try {
+            selected = node.filter(args...);
+        } catch (...) {
+            return record_failure(result, anchor, node, std::current_exception(), true) ? Outcome::stop_in_filter
+                                                                                        : Outcome::failed_filter;
+        }
+        if (!selected) return Outcome::skipped;
+    }
+    const bool once = node.is_once();
+    if (once && (node.state.fetch_or(kUnregistered, std::memory_order_acq_rel) & kUnregistered) != 0) {
+        return Outcome::skipped;  // another thread claimed it
+    }
+    try {
+        CallbackAccess::invoke(node.fn(), args...);
+    } catch (...) {
+        if (record_failure(result, anchor, node, std::current_exception(), false)) {
+            if (once) detach(&node);
+            return Outcome::stop;
+        }
+    }
+    return once ? Outcome::invoked_once : Outcome::invoked;
+}
+
+// Counts the callbacks from `base` on that a stopped trigger does not reach.
+inline std::size_t count_unreached(NodeBase* base, std::uint32_t limit) noexcept {
+    std::size_t n = 0;
+    for (; base != nullptr; base = base->next.load(std::memory_order_acquire)) {
+        if (static_cast<std::int32_t>(base->seq - limit) > 0) continue;
+        if ((base->state.load(std::memory_order_relaxed) & kUnregistered) == 0) ++n;
+    }
+    return n;
 }
 
 // Runs the callbacks of `core` in order. `should_stop()` is checked before
-// each callback. Runs with the caller's TriggerScope already entered for the
-// domain, so that the registry's key lookup and the list walk are one
-// read-side section.
+// each callback. Runs inside the caller's TriggerScope for the domain, so that
+// the registry's key lookup and the list walk are one read-side section.
 template <class Signature, class ShouldStop, class... A>
 TriggerResult run_list(TriggerScope& scope, ListCore& core, Anchor& anchor, ShouldStop&& should_stop,
                        A&... args) {
     TriggerResult result;
-    std::shared_ptr<const ErrorHandler> handler;
-    bool handler_loaded = false;
-    bool halted = false;
+    std::size_t invoked = 0;
+    std::size_t skipped = 0;
     const std::uint32_t limit = core.published_seq.load(std::memory_order_acquire);
-    for (NodeBase* base = core.head.load(std::memory_order_acquire); base != nullptr;
-         base = base->next.load(std::memory_order_acquire)) {
+    NodeBase* base = core.head.load(std::memory_order_acquire);
+    for (; base != nullptr; base = base->next.load(std::memory_order_acquire)) {
         if (static_cast<std::int32_t>(base->seq - limit) > 0) continue;  // added after we started
-        if (halted || should_stop()) {
-            if ((base->state.load(std::memory_order_relaxed) & kUnregistered) == 0) ++result.skipped;
-            halted = true;
-            result.stopped = true;
-            continue;
-        }
-        auto* node = static_cast<Node<Signature>*>(base);
-        scope.announce(node);
-        bool claimed_once = false;
-        if ((node->state.load(std::memory_order_acquire) & kUnregistered) == 0) {
-            bool selected = true;
-            std::exception_ptr error;
-            bool in_filter = false;
-            if (node->filter) {
+        if (should_stop()) break;
+        auto& node = static_cast<Node<Signature>&>(*base);
+        scope.announce(&node);
+        Outcome outcome = Outcome::skipped;
+        if ((node.state.load(std::memory_order_acquire) & kUnregistered) == 0) {
+            if (node.kind == NodeBase::plain) {
+                outcome = Outcome::invoked;
                 try {
-                    selected = node->filter(args...);
+                    CallbackAccess::invoke(node.fn(), args...);
                 } catch (...) {
-                    error = std::current_exception();
-                    in_filter = true;
-                    selected = false;
+                    if (record_failure(result, anchor, node, std::current_exception(), false)) outcome = Outcome::stop;
                 }
-            }
-            if (selected && node->once) {
-                claimed_once = (node->state.fetch_or(kUnregistered, std::memory_order_acq_rel) &
-                                kUnregistered) == 0;
-                selected = claimed_once;
-            }
-            if (selected) {
-                ++result.invoked;
-                try {
-                    node->fn(args...);
-                } catch (...) {
-                    error = std::current_exception();
-                }
-            } else if (!error) {
-                ++result.skipped;
-            }
-            if (error) {
-                if (!handler_loaded) {
-                    handler = anchor.error_handler();
-                    handler_loaded = true;
-                }
-                record_failure(result, handler, *node, std::move(error), in_filter);
-                if (anchor.policy == ErrorPolicy::stop) {
-                    halted = true;
-                    result.stopped = true;
-                }
+                ++invoked;
+            } else {
+                outcome = run_special(node, anchor, result, args...);
+                invoked += outcome == Outcome::invoked || outcome == Outcome::invoked_once || outcome == Outcome::stop;
+                skipped += outcome == Outcome::skipped;
             }
         }
         scope.withdraw();
-        if ((node->state.load(std::memory_order_relaxed) & kWaiter) != 0) notify_waiters(*node);
-        if (claimed_once) detach(node);
+        if ((node.state.load(std::memory_order_relaxed) & kWaiter) != 0) notify_waiters(node);
+        if (outcome == Outcome::invoked_once) detach(&node);
+        if (outcome == Outcome::stop || outcome == Outcome::stop_in_filter) {
+            base = base->next.load(std::memory_order_acquire);
+            break;
+        }
     }
+    if (base != nullptr) {  // stopped by the policy or the stop condition
+        result.stopped = true;
+        skipped += count_unreached(base, limit);
+    }
+    result.invoked = invoked;
+    result.skipped = skipped;
     if (anchor.policy == ErrorPolicy::rethrow && !result.failures.empty()) {
         std::rethrow_exception(result.failures.front().error);
     }

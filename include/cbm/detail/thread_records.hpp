@@ -234,20 +234,22 @@ private:
 // RAII publication of one trigger() nesting level on the calling thread.
 class TriggerScope {
 public:
-    explicit TriggerScope(const void* domain) : record_(current_record()) {
+    explicit TriggerScope(const void* domain)
+        : record_(current_record()), mode_(g_barrier_mode.load(std::memory_order_relaxed)) {
         depth_ = record_->depth;
-        level_ = level_at(depth_);
+        level_ = depth_ < kLevelsPerChunk ? &record_->levels.levels[depth_] : deep_level(depth_);
         record_->depth = depth_ + 1;
         if (depth_ == 0) {
             record_->epoch.store(g_records.epoch.load(std::memory_order_acquire),
                                  std::memory_order_relaxed);
         }
         level_->domain.store(domain, std::memory_order_relaxed);
-        light_barrier();
+        light_barrier(mode_);
     }
     TriggerScope(const TriggerScope&) = delete;
     TriggerScope& operator=(const TriggerScope&) = delete;
     ~TriggerScope() {
+        level_->node.store(nullptr, std::memory_order_release);  // in case a callback's exception escaped
         level_->domain.store(nullptr, std::memory_order_release);
         if (depth_ == 0) record_->epoch.store(0, std::memory_order_release);
         record_->depth = depth_;
@@ -257,16 +259,16 @@ public:
     // only after this returns.
     void announce(const void* node) noexcept {
         level_->node.store(node, std::memory_order_relaxed);
-        light_barrier();
+        light_barrier(mode_);
     }
     // Withdraw the announcement; the caller then checks for waiters.
     void withdraw() noexcept {
         level_->node.store(nullptr, std::memory_order_release);
-        light_barrier();
+        light_barrier(mode_);
     }
 
 private:
-    TriggerLevel* level_at(std::uint32_t depth) {
+    TriggerLevel* deep_level(std::uint32_t depth) {
         LevelChunk* chunk = &record_->levels;
         while (depth >= kLevelsPerChunk) {
             LevelChunk* next = chunk->next.load(std::memory_order_relaxed);
@@ -281,6 +283,7 @@ private:
     }
 
     ThreadRecord* record_;
+    BarrierMode mode_;
     TriggerLevel* level_;
     std::uint32_t depth_;
 };
