@@ -1,0 +1,79 @@
+#!/usr/bin/env python3
+"""Turns Google Benchmark JSON from cbm's benchmarks into Markdown tables.
+
+Each family (the first part of a benchmark name) becomes one table: a row per
+implementation, a column per argument/thread count, each cell "ns (ratio)",
+where the ratio is to the family's baseline measured in the same run:
+the row whose name starts with "floor", else the first cbm row.
+Multi-threaded cells show the cost per operation per thread
+(Google Benchmark's real time per iteration times the thread count).
+"""
+import json
+import sys
+from collections import OrderedDict
+
+UNIT = {"ns": 1.0, "us": 1e3, "ms": 1e6, "s": 1e9}
+
+
+def load(paths):
+    context = None
+    cells = OrderedDict()  # (family, impl, column) -> [ns, ...]
+    for path in paths:
+        with open(path) as f:
+            data = json.load(f)
+        context = context or data.get("context", {})
+        for b in data.get("benchmarks", []):
+            aggregate = b.get("aggregate_name")
+            if b.get("run_type") == "aggregate" and aggregate != "median":
+                continue
+            parts = b["run_name"].split("/")
+            family, impl = parts[0], parts[1]
+            threads = int(b.get("threads", 1))
+            args = [p for p in parts[2:] if p not in ("real_time",) and not p.startswith("threads:")]
+            column = "/".join(["N=" + a for a in args] + ([f"{threads} thr"] if threads > 1 or "threads:" in b["run_name"] else []))
+            ns = float(b["real_time"]) * UNIT[b.get("time_unit", "ns")] * threads
+            cells.setdefault((family, impl, column or "-"), []).append(ns)
+    return context, cells
+
+
+def median(values):
+    values = sorted(values)
+    mid = len(values) // 2
+    return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
+
+
+def main(paths):
+    context, cells = load(paths)
+    cpu = context.get("host_name", "?")
+    print(f"Machine: {cpu}, {context.get('num_cpus', '?')} CPUs at {context.get('mhz_per_cpu', '?')} MHz; "
+          f"library build: {context.get('library_build_type', '?')}")
+    families = OrderedDict()
+    for (family, impl, column), values in cells.items():
+        families.setdefault(family, OrderedDict()).setdefault(impl, OrderedDict())[column] = median(values)
+    for family, impls in families.items():
+        columns = []
+        for row in impls.values():
+            for c in row:
+                if c not in columns:
+                    columns.append(c)
+        baseline = next((i for i in impls if i.startswith("floor")), None) or next(
+            (i for i in impls if i.startswith("cbm")), next(iter(impls)))
+        print(f"\n### {family} (ns per operation per thread; ratio to `{baseline}`)\n")
+        print("| implementation | " + " | ".join(columns) + " |")
+        print("|---|" + "---:|" * len(columns))
+        for impl, row in impls.items():
+            out = []
+            for c in columns:
+                if c not in row:
+                    out.append("n/a")
+                    continue
+                base = impls[baseline].get(c)
+                ratio = f" ({row[c] / base:.2f}x)" if base else ""
+                out.append(f"{row[c]:.1f}{ratio}")
+            print(f"| {impl} | " + " | ".join(out) + " |")
+
+
+if __name__ == "__main__":
+    if len(sys.argv) < 2:
+        sys.exit("usage: report.py RESULT.json...")
+    main(sys.argv[1:])

@@ -1,0 +1,40 @@
+#!/usr/bin/env bash
+# Quick start: builds cbm in Release (g++ -O2) and runs the bundled benchmarks
+# against the unsynchronized floor and the peers, then prints one Markdown
+# table per family with the ratios measured in the same run.
+#
+#   scripts/bench.sh           full run (medians of 5 repetitions)
+#   scripts/bench.sh --quick   quick run (1 repetition, short timings)
+#   scripts/bench.sh --token   every benchmark for a token duration (CI: they build and run)
+#
+# Raw Google Benchmark JSON goes to build/release/bench-results/.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+mode="full"
+case "${1:-}" in
+  --quick) mode="quick" ;;
+  --token) mode="token" ;;
+  "") ;;
+  *) echo "usage: $0 [--quick|--token]" >&2; exit 2 ;;
+esac
+
+bash scripts/ensure-packages.sh g++ cmake ninja-build catch2 libbenchmark-dev python3 \
+  libboost-dev libsigc++-3.0-dev pkg-config
+cmake --preset release >/dev/null
+cmake --build --preset release --target emit_bench churn_bench snapshot_bench
+
+case "$mode" in
+  full)  flags=(--benchmark_repetitions=5 --benchmark_min_time=0.2 --benchmark_report_aggregates_only=true) ;;
+  quick) flags=(--benchmark_repetitions=1 --benchmark_min_time=0.05) ;;
+  token) flags=(--benchmark_repetitions=1 --benchmark_min_time=0.001) ;;
+esac
+
+out=build/release/bench-results
+mkdir -p "$out"
+for bench in emit_bench churn_bench snapshot_bench; do
+  echo "== $bench ($mode)" >&2
+  "build/release/bench/$bench" "${flags[@]}" --benchmark_format=json --benchmark_out="$out/$bench.json" \
+    --benchmark_out_format=json >/dev/null
+done
+python3 bench/report.py "$out"/*.json
