@@ -7,7 +7,9 @@
 // mutex; readers (trigger) take no lock and do no read-modify-write on shared
 // memory except to claim a `once` callback.
 //
-// Lifecycle of a node's state word:
+// Lifecycle of a node's state word (low bits; the kFiltered and kOnce bits
+// are set before publication and never change, so that a trigger learns
+// "registered and plain" from one load and one compare with zero):
 //   0 (registered) --fetch_or(kUnregistered)--> kUnregistered (terminal)
 //   The thread whose fetch_or first sets kUnregistered "wins": it unlinks the
 //   node (or finds it already unlinked by clear/destruction) and retires it.
@@ -51,6 +53,8 @@ namespace cbm::detail {
 
 inline constexpr std::uint32_t kUnregistered = 1u;
 inline constexpr std::uint32_t kWaiter = 2u;
+inline constexpr std::uint32_t kFiltered = 4u;  // immutable: the node has a filter
+inline constexpr std::uint32_t kOnce = 8u;      // immutable: the node runs at most once
 
 struct ListCore;
 struct Anchor;
@@ -70,13 +74,10 @@ inline constexpr std::size_t kCallableBytes = 5 * sizeof(void*);
 // Aligned to a cache line: everything a trigger reads of a node without a
 // filter is in the first 64 bytes.
 struct alignas(64) NodeBase {
-    enum Kind : std::uint8_t { plain = 0, filtered = 1, once_only = 2 };
-
     // Hot: read by every trigger.
     std::atomic<NodeBase*> next{nullptr};  // written under the anchor mutex
     std::atomic<std::uint32_t> state{0};   // see the lifecycle above
     std::uint32_t seq = 0;                 // set under the mutex before publication
-    std::uint8_t kind = plain;             // Kind bits, immutable
     std::atomic<bool> target_destroyed{false};
     alignas(void*) unsigned char callable[kCallableBytes];  // a Callback<Sig>, see Node<Sig>
 
@@ -96,7 +97,7 @@ struct alignas(64) NodeBase {
     NodeBase(const NodeBase&) = delete;
     NodeBase& operator=(const NodeBase&) = delete;
 
-    bool is_once() const noexcept { return (kind & once_only) != 0; }
+    bool is_once() const noexcept { return (state.load(std::memory_order_relaxed) & kOnce) != 0; }
 
     void add_ref() noexcept { refs.fetch_add(1, std::memory_order_relaxed); }
     void release_ref() noexcept;

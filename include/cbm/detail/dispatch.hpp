@@ -57,8 +57,7 @@ Node<Signature>* make_node(Anchor& anchor, F&& f, Options&& options) {
     if (!fn) throw std::invalid_argument("cbm: cannot register an empty callable");
     auto* node = new Node<Signature>(std::move(fn));
     node->filter = std::move(options.filter);
-    node->kind = static_cast<std::uint8_t>((node->filter ? NodeBase::filtered : 0) |
-                                           (options.once ? NodeBase::once_only : 0));
+    node->state.store((node->filter ? kFiltered : 0u) | (options.once ? kOnce : 0u), std::memory_order_relaxed);
     node->priority = options.priority;
     node->name = std::move(options.name);
     node->destroy_target = &Node<Signature>::destroy_target_of;
@@ -89,7 +88,7 @@ enum class Outcome : std::uint8_t { invoked, invoked_once, skipped, failed_filte
 // The rarely taken part of the loop: a filter, or a `once` claim.
 template <class Signature, class... A>
 Outcome run_special(Node<Signature>& node, Anchor& anchor, TriggerResult& result, A&... args) {
-    if ((node.kind & NodeBase::filtered) != 0) {
+    if ((node.state.load(std::memory_order_relaxed) & kFiltered) != 0) {
         bool selected = false;
         try {
             selected = node.filter(args...);
@@ -127,42 +126,49 @@ inline std::size_t count_unreached(NodeBase* base, std::uint32_t limit) noexcept
 // Runs the callbacks of `core` in order. `should_stop()` is checked before
 // each callback. Runs inside the caller's TriggerScope for the domain, so that
 // the registry's key lookup and the list walk are one read-side section.
-template <class Signature, class ShouldStop, class... A>
-TriggerResult run_list(TriggerScope& scope, ListCore& core, Anchor& anchor, ShouldStop&& should_stop,
-                       A&... args) {
+// `Mode` is the barrier mode, fixed per call so the loop has no branch on it.
+template <BarrierMode Mode, class Signature, class ShouldStop, class... A>
+TriggerResult run_list_in(TriggerScope& scope, ListCore& core, Anchor& anchor, ShouldStop&& should_stop,
+                          A&... args) {
     TriggerResult result;
     std::size_t invoked = 0;
     std::size_t skipped = 0;
     const std::uint32_t limit = core.published_seq.load(std::memory_order_acquire);
     NodeBase* base = core.head.load(std::memory_order_acquire);
-    for (; base != nullptr; base = base->next.load(std::memory_order_acquire)) {
-        if (static_cast<std::int32_t>(base->seq - limit) > 0) continue;  // added after we started
+    while (base != nullptr) {
+        NodeBase* const next = base->next.load(std::memory_order_acquire);
+        if (static_cast<std::int32_t>(base->seq - limit) > 0) {  // added after we started
+            base = next;
+            continue;
+        }
         if (should_stop()) break;
         auto& node = static_cast<Node<Signature>&>(*base);
-        scope.announce(&node);
+        scope.announce<Mode>(&node);
+        const std::uint32_t state = node.state.load(std::memory_order_acquire);
         Outcome outcome = Outcome::skipped;
-        if ((node.state.load(std::memory_order_acquire) & kUnregistered) == 0) {
-            if (node.kind == NodeBase::plain) {
-                outcome = Outcome::invoked;
-                try {
-                    CallbackAccess::invoke(node.fn(), args...);
-                } catch (...) {
-                    if (record_failure(result, anchor, node, std::current_exception(), false)) outcome = Outcome::stop;
-                }
-                ++invoked;
-            } else {
-                outcome = run_special(node, anchor, result, args...);
-                invoked += outcome == Outcome::invoked || outcome == Outcome::invoked_once || outcome == Outcome::stop;
-                skipped += outcome == Outcome::skipped;
+        if (state == 0) {  // registered, no filter, not once: the common case
+            outcome = Outcome::invoked;
+            ++invoked;
+            try {
+                CallbackAccess::invoke(node.fn(), args...);
+            } catch (...) {
+                if (record_failure(result, anchor, node, std::current_exception(), false)) outcome = Outcome::stop;
+            }
+        } else if ((state & kUnregistered) == 0) {
+            outcome = run_special(node, anchor, result, args...);
+            invoked += outcome == Outcome::invoked || outcome == Outcome::invoked_once || outcome == Outcome::stop;
+            skipped += outcome == Outcome::skipped;
+        }
+        scope.withdraw<Mode>();
+        if ((node.state.load(std::memory_order_relaxed) & kWaiter) != 0) notify_waiters(node);
+        if (outcome != Outcome::invoked) [[unlikely]] {
+            if (outcome == Outcome::invoked_once) detach(&node);
+            if (outcome == Outcome::stop || outcome == Outcome::stop_in_filter) {
+                base = next;
+                break;
             }
         }
-        scope.withdraw();
-        if ((node.state.load(std::memory_order_relaxed) & kWaiter) != 0) notify_waiters(node);
-        if (outcome == Outcome::invoked_once) detach(&node);
-        if (outcome == Outcome::stop || outcome == Outcome::stop_in_filter) {
-            base = base->next.load(std::memory_order_acquire);
-            break;
-        }
+        base = next;
     }
     if (base != nullptr) {  // stopped by the policy or the stop condition
         result.stopped = true;
@@ -174,6 +180,15 @@ TriggerResult run_list(TriggerScope& scope, ListCore& core, Anchor& anchor, Shou
         std::rethrow_exception(result.failures.front().error);
     }
     return result;
+}
+
+template <class Signature, class ShouldStop, class... A>
+TriggerResult run_list(TriggerScope& scope, ListCore& core, Anchor& anchor, ShouldStop&& should_stop,
+                       A&... args) {
+    if (scope.mode() == BarrierMode::membarrier) {
+        return run_list_in<BarrierMode::membarrier, Signature>(scope, core, anchor, should_stop, args...);
+    }
+    return run_list_in<BarrierMode::fence, Signature>(scope, core, anchor, should_stop, args...);
 }
 
 struct NeverStop {

@@ -255,16 +255,20 @@ public:
         record_->depth = depth_;
     }
 
+    BarrierMode mode() const noexcept { return mode_; }
+
     // Announce that `node` may be filtered or run next; its state must be read
-    // only after this returns.
+    // only after this returns. `Mode` must equal mode().
+    template <BarrierMode Mode>
     void announce(const void* node) noexcept {
         level_->node.store(node, std::memory_order_relaxed);
-        light_barrier(mode_);
+        light_barrier(Mode);
     }
     // Withdraw the announcement; the caller then checks for waiters.
+    template <BarrierMode Mode>
     void withdraw() noexcept {
         level_->node.store(nullptr, std::memory_order_release);
-        light_barrier(mode_);
+        light_barrier(Mode);
     }
 
 private:
