@@ -3,6 +3,7 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <functional>
 #include <latch>
@@ -61,6 +62,33 @@ TEST_CASE("unregistering some callbacks leaves the order of the others unchanged
     std::vector<int> seen;
     group.trigger(seen);
     REQUIRE(seen == std::vector<int>{8, 11, 1, 4, 7, 100, 0, 3, 6});
+}
+
+TEST_CASE("the order matches a stable sort by priority after random adds and unregisters", "[group][order]") {
+    std::mt19937 rng(12345);
+    for (int round = 0; round < 50; ++round) {
+        CallbackGroup<void(std::vector<int>&)> group;
+        std::vector<std::pair<int, int>> model;  // (priority, id) in registration order
+        std::vector<std::pair<int, Registration>> live;
+        for (int id = 0; id < 60; ++id) {
+            const int priority = static_cast<int>(rng() % 7) - 3;
+            live.emplace_back(id, group.add([id](std::vector<int>& out) { out.push_back(id); }, {.priority = priority}));
+            model.emplace_back(priority, id);
+            if (rng() % 3 == 0 && !live.empty()) {
+                const std::size_t victim = rng() % live.size();
+                const int victim_id = live[victim].first;
+                live[victim].second.unregister();
+                live.erase(live.begin() + static_cast<std::ptrdiff_t>(victim));
+                model.erase(std::find_if(model.begin(), model.end(), [&](auto& e) { return e.second == victim_id; }));
+            }
+        }
+        std::stable_sort(model.begin(), model.end(), [](auto& a, auto& b) { return a.first > b.first; });
+        std::vector<int> expected;
+        for (auto& e : model) expected.push_back(e.second);
+        std::vector<int> seen;
+        group.trigger(seen);
+        REQUIRE(seen == expected);
+    }
 }
 
 // ---------------------------------------------------------------- results, filter, once

@@ -39,7 +39,6 @@
 #include <cstdint>
 #include <exception>
 #include <functional>
-#include <map>
 #include <memory>
 #include <mutex>
 #include <string>
@@ -159,20 +158,21 @@ struct ListCore {
     std::atomic<std::uint32_t> published_seq{0};
     std::atomic<std::size_t> size{0};
     std::uint32_t next_seq = 0;
-    std::map<int, NodeBase*, std::greater<int>> tails;  // priority -> last node of it
+    // (priority, last node of that priority), by descending priority. A
+    // vector: few distinct priorities, and no allocation once it has grown.
+    std::vector<std::pair<int, NodeBase*>> tails;
     // Registry hook, called under the mutex when the last callback is unlinked.
     void (*on_empty)(ListCore*) noexcept = nullptr;
 
     // Links `n` after every node of priority >= n->priority.
     // Throws: std::bad_alloc, before anything changed.
     void insert(NodeBase* n) {
-        auto [slot, inserted] = tails.try_emplace(n->priority, nullptr);
-        NodeBase* pred = nullptr;
-        if (!inserted) {
-            pred = slot->second;
-        } else if (slot != tails.begin()) {
-            pred = std::prev(slot)->second;
+        const std::size_t at = tail_index(n->priority);
+        if (at == tails.size() || tails[at].first != n->priority) {
+            tails.insert(tails.begin() + static_cast<std::ptrdiff_t>(at), {n->priority, nullptr});
         }
+        NodeBase* pred = tails[at].second;
+        if (pred == nullptr && at > 0) pred = tails[at - 1].second;
         std::atomic<NodeBase*>& link = pred != nullptr ? pred->next : head;
         NodeBase* succ = link.load(std::memory_order_relaxed);
         n->seq = ++next_seq;
@@ -181,7 +181,7 @@ struct ListCore {
         n->core = this;
         if (succ != nullptr) succ->prev = n;
         link.store(n, std::memory_order_release);
-        slot->second = n;
+        tails[at].second = n;
         size.store(size.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
         published_seq.store(n->seq, std::memory_order_release);
     }
@@ -193,16 +193,31 @@ struct ListCore {
         NodeBase* pred = n->prev;
         (pred != nullptr ? pred->next : head).store(succ, std::memory_order_release);
         if (succ != nullptr) succ->prev = pred;
-        auto tail = tails.find(n->priority);
-        if (tail != tails.end() && tail->second == n) {
+        const std::size_t at = tail_index(n->priority);
+        if (at < tails.size() && tails[at].second == n) {
             if (pred != nullptr && pred->priority == n->priority) {
-                tail->second = pred;
+                tails[at].second = pred;
             } else {
-                tails.erase(tail);
+                tails.erase(tails.begin() + static_cast<std::ptrdiff_t>(at));
             }
         }
         n->core = nullptr;
         size.store(size.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
+    }
+
+    // Index of the first tails entry whose priority is <= `priority`.
+    std::size_t tail_index(int priority) const noexcept {
+        std::size_t lo = 0;
+        std::size_t hi = tails.size();
+        while (lo < hi) {
+            const std::size_t mid = (lo + hi) / 2;
+            if (tails[mid].first > priority) {
+                lo = mid + 1;
+            } else {
+                hi = mid;
+            }
+        }
+        return lo;
     }
 
     std::size_t count() const noexcept { return size.load(std::memory_order_relaxed); }
