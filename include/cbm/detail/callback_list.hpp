@@ -70,9 +70,10 @@ struct NodeRetireHook : Retirable {
 // any signature: two function pointers and three pointers of storage).
 inline constexpr std::size_t kCallableBytes = 5 * sizeof(void*);
 
-// Aligned to a cache line: everything a trigger reads of a node without a
-// filter is in the first 64 bytes.
-struct alignas(64) NodeBase {
+// Everything a trigger reads of a node without a filter is in its first 64
+// bytes. (Not alignas(64): over-aligned allocation bypasses malloc's fast
+// per-thread caches and made add+unregister several times slower.)
+struct NodeBase {
     // Hot: read by every trigger.
     std::atomic<NodeBase*> next{nullptr};  // written under the anchor mutex
     std::atomic<std::uint32_t> state{0};   // see the lifecycle above

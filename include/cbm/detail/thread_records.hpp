@@ -360,10 +360,22 @@ public:
 
     std::size_t size() const noexcept { return count_; }
 
-    // Moves what no reader can reach into `batch`, if enough has piled up to
-    // be worth a heavy barrier. Call once the operation that retired is done.
+    // Moves what no reader can reach into `batch`: everything at once when no
+    // other thread holds a record and the caller is outside any trigger (no
+    // barrier needed; see writer_barrier()), otherwise in batches, once enough
+    // has piled up to be worth a heavy barrier. Call once the operation that
+    // retired is done.
     void maybe_reclaim(ReclaimBatch& batch) {
-        if (count_ >= threshold_) reclaim_unreachable(batch);
+        if (head_ == nullptr) return;
+        full_fence();
+        ThreadRecord* self = t_record;
+        const std::uint32_t mine = self != nullptr ? 1u : 0u;
+        if (g_records.live.load(std::memory_order_seq_cst) <= mine &&
+            (self == nullptr || self->epoch.load(std::memory_order_relaxed) == 0)) {
+            batch.append(take_all());
+        } else if (count_ >= threshold_) {
+            reclaim_unreachable(batch);
+        }
     }
 
     void reclaim_unreachable(ReclaimBatch& batch) {
