@@ -86,7 +86,7 @@ public:
         auto* node = detail::make_node<signature>(*anchor_, std::forward<F>(f), std::move(options));
         try {
             std::lock_guard<std::mutex> lock(anchor_->mutex);
-            core_.insert(node);
+            core_.insert(node, anchor_->retired);
         } catch (...) {
             node->refs.store(1, std::memory_order_relaxed);
             node->release_ref();

@@ -86,7 +86,7 @@ public:
             const bool created = entry == nullptr;
             if (created) entry = create_entry(key, h);
             try {
-                entry->insert(node);
+                entry->insert(node, anchor_->retired);
             } catch (...) {
                 if (created) remove_entry(entry);  // no key without callbacks
                 throw;

@@ -1,26 +1,38 @@
 // cbm/detail/callback_list.hpp - the ordered, lock-free-to-read list of
 // callbacks behind CallbackGroup and every key of CallbackRegistry.
 //
-// Shape: a singly linked list (readers follow `next`) that writers also link
-// backwards (`prev`, writer-only), ordered by priority (descending) then by
-// registration order. Writers (add, unregister, clear) hold the Anchor's
-// mutex; readers (trigger) take no lock and do no read-modify-write on shared
-// memory except to claim a `once` callback.
+// Shape: an array of node pointers, ordered by priority (descending) then by
+// registration order, published through one atomic pointer. Writers (add,
+// unregister, clear) hold the Anchor's mutex; readers (trigger) take no lock
+// and do no read-modify-write on shared memory except to claim a `once`
+// callback. Readers walk contiguous pointers, not a linked list, so the
+// loads of successive nodes do not depend on each other.
+//
+// Writers keep the array cheap to change:
+//   * add appends in place when the new callback sorts last (the common case:
+//     equal priorities) and there is room: store the slot, then publish the
+//     new count. Otherwise it builds a new array (doubling the capacity).
+//   * unregister leaves the node in the array as a tombstone (readers skip it
+//     by its state); once tombstones outnumber live callbacks (plus slack) a
+//     new, compacted array replaces the old one. Copies are amortized O(1)
+//     per change.
 //
 // Lifecycle of a node's state word (low bits; the kFiltered and kOnce bits
 // are set before publication and never change, so that a trigger learns
 // "registered and plain" from one load and one compare with zero):
 //   0 (registered) --fetch_or(kUnregistered)--> kUnregistered (terminal)
-//   The thread whose fetch_or first sets kUnregistered "wins": it unlinks the
-//   node (or finds it already unlinked by clear/destruction) and retires it.
+//   The thread whose fetch_or first sets kUnregistered "wins": it detaches
+//   the node from its list (or finds it detached by clear/destruction).
 //   A blocking unregister also sets kWaiter: a trigger that finishes a
 //   callback and sees kWaiter wakes the waiters through `wake`.
 //
 // Memory ordering:
-//   * add: the node is fully built, then published by a release store of the
-//     predecessor's `next` (or `head`); readers load `next` with acquire.
-//     `published_seq` (release) lets a trigger skip nodes added after it
-//     started: a node is run only if its seq <= the value read at start.
+//   * add: the node is fully built, then stored into its slot (release), then
+//     the array's count is published (release). A trigger reads the array
+//     pointer and then its count once (acquire), so callbacks appended after
+//     it started are beyond its count, and callbacks placed by a rebuild are
+//     in an array it does not hold: a trigger never runs a callback added
+//     after it started.
 //   * trigger: announce(node) is a relaxed store of the node into the thread's
 //     TriggerLevel followed by light_barrier(); only then is the state read.
 //     unregister: fetch_or(kUnregistered) then writer_barrier() then scan the
@@ -28,9 +40,9 @@
 //     withdrawn), or the trigger sees kUnregistered (and skips the node).
 //   * withdraw is a release store; the waiter's acquire scan that sees it
 //     also sees everything the callback did.
-//   * Node memory is reclaimed by epochs (thread_records.hpp): an unlinked
-//     node stays readable until every trigger that could have reached it has
-//     left. The callable inside is destroyed earlier, as soon as a blocking
+//   * Node and array memory is reclaimed by epochs (thread_records.hpp): a
+//     replaced array, and the tombstones only it held, stay readable until
+//     every trigger that could hold that array has left. The callable inside is destroyed earlier, as soon as a blocking
 //     unregister, clear or destructor has seen no thread running it.
 #pragma once
 
@@ -75,9 +87,7 @@ inline constexpr std::size_t kCallableBytes = 5 * sizeof(void*);
 // per-thread caches and made add+unregister several times slower.)
 struct NodeBase {
     // Hot: read by every trigger.
-    std::atomic<NodeBase*> next{nullptr};  // written under the anchor mutex
     std::atomic<std::uint32_t> state{0};   // see the lifecycle above
-    std::uint32_t seq = 0;                 // set under the mutex before publication
     std::atomic<bool> target_destroyed{false};
     alignas(void*) unsigned char callable[kCallableBytes];  // a Callback<Sig>, see Node<Sig>
 
@@ -86,8 +96,7 @@ struct NodeBase {
     std::atomic<std::uint32_t> refs{2};    // the list's reference + the first handle's
     std::atomic<std::uint32_t> wake{0};    // bumped to wake blocking unregisters
     int priority = 0;                      // immutable
-    NodeBase* prev = nullptr;              // under the anchor mutex
-    ListCore* core = nullptr;              // under the anchor mutex; null once unlinked
+    ListCore* core = nullptr;              // under the anchor mutex; null once detached
     Anchor* anchor = nullptr;              // counted reference, immutable
     std::string name;                      // immutable
     void (*destroy_target)(NodeBase*) noexcept = nullptr;
@@ -153,92 +162,155 @@ inline void reclaim_node(Retirable* r) noexcept {
     node->release_ref();
 }
 
-// One ordered list. Every member is written under the anchor's mutex.
-struct ListCore {
-    std::atomic<NodeBase*> head{nullptr};
-    std::atomic<std::uint32_t> published_seq{0};
-    std::atomic<std::size_t> size{0};
-    std::uint32_t next_seq = 0;
-    // (priority, last node of that priority), by descending priority. A
-    // vector: few distinct priorities, and no allocation once it has grown.
-    std::vector<std::pair<int, NodeBase*>> tails;
-    // Registry hook, called under the mutex when the last callback is unlinked.
-    void (*on_empty)(ListCore*) noexcept = nullptr;
+// An immutable-capacity array of node pointers with a published length.
+// Allocated in one block: the slots follow the header.
+struct NodeArray final : Retirable {
+    std::atomic<std::uint32_t> count{0};  // slots [0, count) are published
+    std::uint32_t capacity = 0;
 
-    // Links `n` after every node of priority >= n->priority.
-    // Throws: std::bad_alloc, before anything changed.
-    void insert(NodeBase* n) {
-        const std::size_t at = tail_index(n->priority);
-        if (at == tails.size() || tails[at].first != n->priority) {
-            tails.insert(tails.begin() + static_cast<std::ptrdiff_t>(at), {n->priority, nullptr});
+    std::atomic<NodeBase*>* slots() noexcept { return reinterpret_cast<std::atomic<NodeBase*>*>(this + 1); }
+
+    // Throws: std::bad_alloc.
+    static NodeArray* make(std::uint32_t capacity) {
+        static_assert(sizeof(NodeArray) % alignof(std::atomic<NodeBase*>) == 0);
+        void* memory = ::operator new(sizeof(NodeArray) + capacity * sizeof(std::atomic<NodeBase*>));
+        auto* array = ::new (memory) NodeArray;
+        array->capacity = capacity;
+        for (std::uint32_t i = 0; i < capacity; ++i) {
+            ::new (static_cast<void*>(array->slots() + i)) std::atomic<NodeBase*>(nullptr);
         }
-        NodeBase* pred = tails[at].second;
-        if (pred == nullptr && at > 0) pred = tails[at - 1].second;
-        std::atomic<NodeBase*>& link = pred != nullptr ? pred->next : head;
-        NodeBase* succ = link.load(std::memory_order_relaxed);
-        n->seq = ++next_seq;
-        n->next.store(succ, std::memory_order_relaxed);
-        n->prev = pred;
-        n->core = this;
-        if (succ != nullptr) succ->prev = n;
-        link.store(n, std::memory_order_release);
-        tails[at].second = n;
-        size.store(size.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
-        published_seq.store(n->seq, std::memory_order_release);
+        return array;
     }
-
-    // Unlinks `n`; its own `next` stays intact so that triggers standing on it
-    // can go on.
-    void unlink(NodeBase* n) noexcept {
-        NodeBase* succ = n->next.load(std::memory_order_relaxed);
-        NodeBase* pred = n->prev;
-        (pred != nullptr ? pred->next : head).store(succ, std::memory_order_release);
-        if (succ != nullptr) succ->prev = pred;
-        const std::size_t at = tail_index(n->priority);
-        if (at < tails.size() && tails[at].second == n) {
-            if (pred != nullptr && pred->priority == n->priority) {
-                tails[at].second = pred;
-            } else {
-                tails.erase(tails.begin() + static_cast<std::ptrdiff_t>(at));
-            }
-        }
-        n->core = nullptr;
-        size.store(size.load(std::memory_order_relaxed) - 1, std::memory_order_relaxed);
+    static void destroy(NodeArray* array) noexcept {
+        array->~NodeArray();
+        ::operator delete(static_cast<void*>(array));
     }
-
-    // Index of the first tails entry whose priority is <= `priority`.
-    std::size_t tail_index(int priority) const noexcept {
-        std::size_t lo = 0;
-        std::size_t hi = tails.size();
-        while (lo < hi) {
-            const std::size_t mid = (lo + hi) / 2;
-            if (tails[mid].first > priority) {
-                lo = mid + 1;
-            } else {
-                hi = mid;
-            }
-        }
-        return lo;
-    }
-
-    std::size_t count() const noexcept { return size.load(std::memory_order_relaxed); }
+    static void reclaim(Retirable* r) noexcept { destroy(static_cast<NodeArray*>(r)); }
 };
 
-// Under the anchor mutex: unlink `n` if still linked, retire it, and fire the
+// One ordered list. Every member is written under the anchor's mutex.
+struct ListCore {
+    ListCore() = default;
+    ListCore(const ListCore&) = delete;
+    ListCore& operator=(const ListCore&) = delete;
+    ~ListCore() {  // by then every node was taken out and retired
+        if (NodeArray* a = array.load(std::memory_order_relaxed)) NodeArray::destroy(a);
+    }
+
+    std::atomic<NodeArray*> array{nullptr};  // null while nothing was ever added
+    std::atomic<std::size_t> size{0};         // live callbacks
+    std::uint32_t tombstones = 0;             // detached nodes still in `array`
+    // Registry hook, called under the mutex when the last callback is detached.
+    void (*on_empty)(ListCore*) noexcept = nullptr;
+
+    std::size_t count() const noexcept { return size.load(std::memory_order_relaxed); }
+
+    // Places `n` after every callback of priority >= n->priority.
+    // Throws: std::bad_alloc, before anything changed.
+    void insert(NodeBase* n, RetireList& retired) {
+        NodeArray* a = array.load(std::memory_order_relaxed);
+        const std::uint32_t used = a != nullptr ? a->count.load(std::memory_order_relaxed) : 0;
+        const bool sorts_last =
+            used == 0 || a->slots()[used - 1].load(std::memory_order_relaxed)->priority >= n->priority;
+        if (a != nullptr && used < a->capacity && sorts_last) {
+            a->slots()[used].store(n, std::memory_order_release);
+            a->count.store(used + 1, std::memory_order_release);
+        } else {
+            rebuild(n, retired);
+        }
+        n->core = this;
+        size.store(count() + 1, std::memory_order_relaxed);
+    }
+
+    // Detaches `n` (leaving a tombstone that triggers skip), compacting the
+    // array once tombstones outnumber live callbacks.
+    void remove(NodeBase* n, RetireList& retired) noexcept {
+        n->core = nullptr;
+        size.store(count() - 1, std::memory_order_relaxed);
+        ++tombstones;
+        if (tombstones > count() + 8) {
+            try {
+                rebuild(nullptr, retired);
+            } catch (...) {
+                // Compaction is an optimisation; the tombstones stay for now.
+            }
+        }
+    }
+
+    // Retires the array and every node in it (all detached by now).
+    void retire_all(RetireList& retired) noexcept {
+        NodeArray* a = array.load(std::memory_order_relaxed);
+        if (a == nullptr) return;
+        retire_array(a, retired);
+        array.store(nullptr, std::memory_order_release);
+        tombstones = 0;
+    }
+
+    template <class Visit>
+    void for_each_node(Visit&& visit) const {
+        NodeArray* a = array.load(std::memory_order_relaxed);
+        if (a == nullptr) return;
+        const std::uint32_t used = a->count.load(std::memory_order_relaxed);
+        for (std::uint32_t i = 0; i < used; ++i) visit(a->slots()[i].load(std::memory_order_relaxed));
+    }
+
+private:
+    // Publishes a new array holding the live nodes in order, plus `extra`
+    // (if not null) at its place; retires the old array and its tombstones.
+    // Throws: std::bad_alloc, before anything changed.
+    void rebuild(NodeBase* extra, RetireList& retired) {
+        const std::size_t live = count() + (extra != nullptr ? 1 : 0);
+        const auto capacity = static_cast<std::uint32_t>(live < 2 ? 4 : live * 2);
+        NodeArray* fresh = NodeArray::make(capacity);
+        std::uint32_t out = 0;
+        auto put = [&](NodeBase* node) { fresh->slots()[out++].store(node, std::memory_order_relaxed); };
+        NodeArray* old = array.load(std::memory_order_relaxed);
+        bool placed = extra == nullptr;
+        for_each_node([&](NodeBase* node) {
+            if (node->core != this) return;  // tombstone
+            if (!placed && node->priority < extra->priority) {
+                put(extra);
+                placed = true;
+            }
+            put(node);
+        });
+        if (!placed) put(extra);
+        fresh->count.store(out, std::memory_order_relaxed);
+        array.store(fresh, std::memory_order_release);
+        if (old != nullptr) retire_array(old, retired);
+        tombstones = 0;
+    }
+
+    // Retires `old` with the tombstones that only it holds.
+    void retire_array(NodeArray* old, RetireList& retired) noexcept;
+};
+
+// Under the anchor mutex: detach `n` if still in a list, and fire the
 // registry's empty hook. The caller runs anchor.retired.maybe_reclaim() after.
-inline void unlink_and_retire(Anchor& anchor, NodeBase* n) noexcept {
+inline void detach_locked(Anchor& anchor, NodeBase* n) noexcept {
     ListCore* core = n->core;
     if (core == nullptr) return;
-    core->unlink(n);
-    anchor.retired.retire(&n->retire_hook, &reclaim_node);
-    if (core->count() == 0 && core->on_empty != nullptr) core->on_empty(core);
+    core->remove(n, anchor.retired);
+    if (core->count() == 0 && core->on_empty != nullptr) {
+        core->retire_all(anchor.retired);
+        core->on_empty(core);
+    }
+}
+
+inline void ListCore::retire_array(NodeArray* old, RetireList& retired) noexcept {
+    const std::uint32_t used = old->count.load(std::memory_order_relaxed);
+    for (std::uint32_t i = 0; i < used; ++i) {
+        NodeBase* node = old->slots()[i].load(std::memory_order_relaxed);
+        if (node->core != this) retired.retire(&node->retire_hook, &reclaim_node);
+    }
+    retired.retire(old, &NodeArray::reclaim);
 }
 
 inline void detach(NodeBase* n) {
     Anchor& anchor = *n->anchor;
     ReclaimBatch batch;
     std::lock_guard<std::mutex> lock(anchor.mutex);
-    unlink_and_retire(anchor, n);
+    detach_locked(anchor, n);
     anchor.retired.maybe_reclaim(batch);
 }
 
@@ -286,22 +358,23 @@ public:
         for (NodeBase* n : nodes_) n->release_ref();
     }
 
-    // Under the anchor mutex: marks every node of `core` unregistered, unlinks
-    // and retires them all. Returns how many this call unregistered.
+    // Under the anchor mutex: marks every node of `core` unregistered,
+    // detaches and retires them all. Returns how many this call unregistered.
     // Throws: std::bad_alloc before changing anything.
     std::size_t take_all(Anchor& anchor, ListCore& core) {
         nodes_.reserve(nodes_.size() + core.count());
         std::size_t won = 0;
-        NodeBase* n = core.head.load(std::memory_order_relaxed);
-        while (n != nullptr) {
-            NodeBase* next = n->next.load(std::memory_order_relaxed);
+        core.for_each_node([&](NodeBase* n) {
+            if (n->core != &core) return;  // tombstone
             n->add_ref();
             nodes_.push_back(n);
             const std::uint32_t old = n->state.fetch_or(kUnregistered | kWaiter, std::memory_order_acq_rel);
             if ((old & kUnregistered) == 0) ++won;
-            unlink_and_retire(anchor, n);
-            n = next;
-        }
+            n->core = nullptr;
+        });
+        core.size.store(0, std::memory_order_relaxed);
+        core.retire_all(anchor.retired);
+        if (core.on_empty != nullptr) core.on_empty(&core);
         return won;
     }
 

@@ -5,6 +5,7 @@
 // read-modify-write on memory shared with other threads.
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <exception>
@@ -113,12 +114,11 @@ Outcome run_special(Node<Signature>& node, Anchor& anchor, TriggerResult& result
     return once ? Outcome::invoked_once : Outcome::invoked;
 }
 
-// Counts the callbacks from `base` on that a stopped trigger does not reach.
-inline std::size_t count_unreached(NodeBase* base, std::uint32_t limit) noexcept {
+// Counts the callbacks in slots [from, end) that a stopped trigger does not reach.
+inline std::size_t count_unreached(std::atomic<NodeBase*>* from, std::atomic<NodeBase*>* end) noexcept {
     std::size_t n = 0;
-    for (; base != nullptr; base = base->next.load(std::memory_order_acquire)) {
-        if (static_cast<std::int32_t>(base->seq - limit) > 0) continue;
-        if ((base->state.load(std::memory_order_relaxed) & kUnregistered) == 0) ++n;
+    for (; from != end; ++from) {
+        if ((from->load(std::memory_order_acquire)->state.load(std::memory_order_relaxed) & kUnregistered) == 0) ++n;
     }
     return n;
 }
@@ -131,18 +131,15 @@ template <BarrierMode Mode, class Signature, class ShouldStop, class... A>
 TriggerResult run_list_in(TriggerScope& scope, ListCore& core, Anchor& anchor, ShouldStop&& should_stop,
                           A&... args) {
     TriggerResult result;
+    NodeArray* array = core.array.load(std::memory_order_acquire);
+    if (array == nullptr) return result;
     std::size_t invoked = 0;
     std::size_t skipped = 0;
-    const std::uint32_t limit = core.published_seq.load(std::memory_order_acquire);
-    NodeBase* base = core.head.load(std::memory_order_acquire);
-    while (base != nullptr) {
-        NodeBase* const next = base->next.load(std::memory_order_acquire);
-        if (static_cast<std::int32_t>(base->seq - limit) > 0) {  // added after we started
-            base = next;
-            continue;
-        }
+    std::atomic<NodeBase*>* slot = array->slots();
+    std::atomic<NodeBase*>* const end = slot + array->count.load(std::memory_order_acquire);
+    for (; slot != end; ++slot) {
         if (should_stop()) break;
-        auto& node = static_cast<Node<Signature>&>(*base);
+        auto& node = static_cast<Node<Signature>&>(*slot->load(std::memory_order_acquire));
         scope.announce<Mode>(&node);
         const std::uint32_t state = node.state.load(std::memory_order_acquire);
         Outcome outcome = Outcome::skipped;
@@ -164,15 +161,14 @@ TriggerResult run_list_in(TriggerScope& scope, ListCore& core, Anchor& anchor, S
         if (outcome != Outcome::invoked) [[unlikely]] {
             if (outcome == Outcome::invoked_once) detach(&node);
             if (outcome == Outcome::stop || outcome == Outcome::stop_in_filter) {
-                base = next;
+                ++slot;
                 break;
             }
         }
-        base = next;
     }
-    if (base != nullptr) {  // stopped by the policy or the stop condition
+    if (slot != end) {  // stopped by the policy or the stop condition
         result.stopped = true;
-        skipped += count_unreached(base, limit);
+        skipped += count_unreached(slot, end);
     }
     result.invoked = invoked;
     result.skipped = skipped;
