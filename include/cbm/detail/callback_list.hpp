@@ -143,8 +143,12 @@ struct Anchor {
     }
     void set_error_handler(ErrorHandler h) {
         auto shared = h ? std::make_shared<const ErrorHandler>(std::move(h)) : nullptr;
-        std::lock_guard<std::mutex> lock(handler_mutex);
-        handler = std::move(shared);
+        {
+            std::lock_guard<std::mutex> lock(handler_mutex);
+            handler.swap(shared);
+        }
+        // `shared` now holds the old handler: destroyed here, unlocked, since
+        // its destructor is user code.
     }
 };
 
