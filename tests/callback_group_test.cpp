@@ -608,3 +608,16 @@ TEST_CASE("under the stop policy a filtered callback that throws counts as invok
     REQUIRE(r.failed == 1);
     REQUIRE(r.skipped == 1);
 }
+
+TEST_CASE("replacing an error handler whose destructor sets the handler again does not deadlock", "[group][errors][reentrancy]") {
+    CallbackGroup<void()> group;
+    int destroyed = 0;
+    std::shared_ptr<void> on_destroy(nullptr, [&](void*) {
+        ++destroyed;
+        group.set_error_handler({});
+    });
+    group.set_error_handler([on_destroy](const cbm::Failure&) {});
+    on_destroy.reset();
+    group.set_error_handler([](const cbm::Failure&) {});
+    REQUIRE(destroyed == 1);
+}
