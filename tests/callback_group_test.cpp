@@ -621,3 +621,18 @@ TEST_CASE("replacing an error handler whose destructor sets the handler again do
     group.set_error_handler([](const cbm::Failure&) {});
     REQUIRE(destroyed == 1);
 }
+
+TEST_CASE("a once callback that throws under the stop policy is used up and stops the trigger", "[group][once][errors]") {
+    CallbackGroup<void()> group{ErrorPolicy::stop};
+    int later = 0;
+    auto once = group.add([] { throw 1; }, {.priority = 1, .once = true});
+    group.add([&] { ++later; });
+    auto r = group.trigger();
+    REQUIRE(r.stopped);
+    REQUIRE(r.invoked == 1);
+    REQUIRE(later == 0);
+    REQUIRE(once.state() == CallbackState::unregistered);
+    REQUIRE(group.size() == 1);
+    group.trigger();
+    REQUIRE(later == 1);
+}

@@ -84,7 +84,7 @@ Node<Signature>* make_node(Anchor& anchor, F&& f, Options&& options) {
 }
 
 // What happened to one callback. `stop*`: the error policy ends the trigger.
-enum class Outcome : std::uint8_t { invoked, invoked_once, skipped, failed_filter, stop_in_filter, stop };
+enum class Outcome : std::uint8_t { invoked, invoked_once, skipped, failed_filter, stop_in_filter, stop, stop_once };
 
 // The rarely taken part of the loop: a filter, or a `once` claim.
 template <class Signature, class... A>
@@ -107,8 +107,7 @@ Outcome run_special(Node<Signature>& node, Anchor& anchor, TriggerResult& result
         CallbackAccess::invoke(node.fn(), args...);
     } catch (...) {
         if (record_failure(result, anchor, node, std::current_exception(), false)) {
-            if (once) detach(&node);
-            return Outcome::stop;
+            return once ? Outcome::stop_once : Outcome::stop;
         }
     }
     return once ? Outcome::invoked_once : Outcome::invoked;
@@ -153,14 +152,15 @@ TriggerResult run_list_in(TriggerScope& scope, ListCore& core, Anchor& anchor, S
             }
         } else if ((state & kUnregistered) == 0) {
             outcome = run_special(node, anchor, result, args...);
-            invoked += outcome == Outcome::invoked || outcome == Outcome::invoked_once || outcome == Outcome::stop;
+            invoked += outcome == Outcome::invoked || outcome == Outcome::invoked_once || outcome == Outcome::stop ||
+                       outcome == Outcome::stop_once;
             skipped += outcome == Outcome::skipped;
         }
         scope.withdraw<Mode>();
         if ((node.state.load(std::memory_order_relaxed) & kWaiter) != 0) notify_waiters(node);
         if (outcome != Outcome::invoked) [[unlikely]] {
-            if (outcome == Outcome::invoked_once) detach(&node);
-            if (outcome == Outcome::stop || outcome == Outcome::stop_in_filter) {
+            if (outcome == Outcome::invoked_once || outcome == Outcome::stop_once) detach(&node);
+            if (outcome == Outcome::stop || outcome == Outcome::stop_in_filter || outcome == Outcome::stop_once) {
                 ++slot;
                 break;
             }
@@ -172,7 +172,7 @@ TriggerResult run_list_in(TriggerScope& scope, ListCore& core, Anchor& anchor, S
     }
     result.invoked = invoked;
     result.skipped = skipped;
-    if (anchor.policy == ErrorPolicy::rethrow && !result.failures.empty()) {
+    if (result.failed != 0 && anchor.policy == ErrorPolicy::rethrow && !result.failures.empty()) {
         std::rethrow_exception(result.failures.front().error);
     }
     return result;

@@ -249,7 +249,6 @@ public:
     TriggerScope(const TriggerScope&) = delete;
     TriggerScope& operator=(const TriggerScope&) = delete;
     ~TriggerScope() {
-        level_->node.store(nullptr, std::memory_order_release);  // in case a callback's exception escaped
         level_->domain.store(nullptr, std::memory_order_release);
         if (depth_ == 0) record_->epoch.store(0, std::memory_order_release);
         record_->depth = depth_;
