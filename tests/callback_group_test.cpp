@@ -636,3 +636,56 @@ TEST_CASE("a once callback that throws under the stop policy is used up and stop
     group.trigger();
     REQUIRE(later == 1);
 }
+
+// ---------------------------------------------------------------- review regressions
+
+TEST_CASE("unregistering a callback from inside itself keeps its captured state alive until it returns", "[group][lifetime][reentrancy]") {
+    Counter counter;
+    CallbackGroup<void()> group;
+    auto self = std::make_shared<Registration>();
+    bool alive_after_unregister = false;
+    *self = group.add([self_weak = std::weak_ptr<Registration>(self), t = Tracked(counter), &alive_after_unregister] {
+        if (auto reg = self_weak.lock()) reg->unregister();
+        alive_after_unregister = t.alive();
+    });
+    group.trigger();
+    REQUIRE(alive_after_unregister);
+    REQUIRE(counter.alive() == 0);  // destroyed once the trigger returned
+    REQUIRE(counter.errors == 0);
+}
+
+TEST_CASE("clearing the group from inside a callback keeps that callback's state alive until it returns", "[group][lifetime][reentrancy]") {
+    Counter counter;
+    CallbackGroup<void()> group;
+    bool alive_after_clear = false;
+    group.add([&group, t = Tracked(counter), &alive_after_clear] {
+        group.clear();
+        alive_after_clear = t.alive();
+    });
+    group.trigger();
+    REQUIRE(alive_after_clear);
+    REQUIRE(counter.alive() == 0);
+    REQUIRE(counter.errors == 0);
+}
+
+TEST_CASE("the captured state of a once callback or an unregister_nowait goes without waiting for the group", "[group][lifetime]") {
+    Counter counter;
+    CallbackGroup<void()> group;
+    group.add([] {});  // a permanent neighbour
+    group.add([t = Tracked(counter)] {}, {.once = true});
+    group.trigger();
+    REQUIRE(counter.alive() == 0);
+    auto r = group.add([t = Tracked(counter)] {});
+    r.unregister_nowait();
+    REQUIRE(counter.alive() == 0);
+}
+
+TEST_CASE("adding callbacks in ascending priority keeps the order and frees the replaced arrays", "[group][order][memory]") {
+    CallbackGroup<void(std::vector<int>&)> group;
+    constexpr int kCallbacks = 3000;
+    for (int i = 0; i < kCallbacks; ++i) group.add([i](std::vector<int>& out) { out.push_back(i); }, {.priority = i});
+    std::vector<int> seen;
+    group.trigger(seen);
+    REQUIRE(seen.size() == kCallbacks);
+    REQUIRE(std::is_sorted(seen.rbegin(), seen.rend()));
+}

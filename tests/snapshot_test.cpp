@@ -132,3 +132,23 @@ TEST_CASE("readers never see a torn or destroyed value while writers store", "[s
     REQUIRE(counter.alive() == 0);
     REQUIRE(counter.errors == 0);
 }
+
+TEST_CASE("a value replaced while a reader was loading is freed once that reader lets go", "[snapshot][lifetime][race]") {
+    for (int trial = 0; trial < 300; ++trial) {
+        Snapshot<std::vector<int>> s{std::vector<int>(4, trial)};
+        std::atomic<bool> stop{false};
+        std::atomic<bool> started{false};
+        std::thread reader([&] {
+            while (!stop.load(std::memory_order_relaxed)) {
+                auto h = s.load();
+                started.store(true);
+                (void)h->size();
+            }
+        });
+        while (!started.load()) std::this_thread::yield();
+        s.store(std::vector<int>(4, -trial));
+        stop.store(true);
+        reader.join();
+        REQUIRE(s.retired_count() == 0);
+    }
+}

@@ -84,9 +84,11 @@ public:
         requires std::is_invocable_v<std::decay_t<F>&, Args...>
     Registration add(F&& f, options_type options = {}) {
         auto* node = detail::make_node<signature>(*anchor_, std::forward<F>(f), std::move(options));
+        detail::ReclaimBatch batch;
         try {
             std::lock_guard<std::mutex> lock(anchor_->mutex);
             core_.insert(node, anchor_->retired);
+            anchor_->retired.maybe_reclaim(batch);
         } catch (...) {
             node->refs.store(1, std::memory_order_relaxed);
             node->release_ref();
@@ -122,6 +124,7 @@ public:
             detail::ReclaimBatch batch;
             std::lock_guard<std::mutex> lock(anchor_->mutex);
             removed = taken.take_all(*anchor_, core_);
+            detail::reclaim_soon(*anchor_, batch);
             anchor_->retired.reclaim_unreachable(batch);
         }
         taken.wait_and_destroy();

@@ -79,6 +79,7 @@ public:
         requires std::is_invocable_v<std::decay_t<F>&, Args...>
     Registration add(const Key& key, F&& f, options_type options = {}) {
         auto* node = detail::make_node<signature>(*anchor_, std::forward<F>(f), std::move(options));
+        detail::ReclaimBatch batch;
         try {
             const std::size_t h = hash_(key);
             std::lock_guard<std::mutex> lock(anchor_->mutex);
@@ -91,6 +92,7 @@ public:
                 if (created) remove_entry(entry);  // no key without callbacks
                 throw;
             }
+            anchor_->retired.maybe_reclaim(batch);
         } catch (...) {
             node->refs.store(1, std::memory_order_relaxed);
             node->release_ref();
@@ -121,7 +123,7 @@ public:
             if (Entry* entry = find(table_.load(std::memory_order_relaxed), key, h)) {
                 removed = taken.take_all(*anchor_, *entry);
             }
-            anchor_->retired.maybe_reclaim(batch);
+            detail::reclaim_soon(*anchor_, batch);
         }
         taken.wait_and_destroy();
         return removed;
@@ -135,6 +137,7 @@ public:
             detail::ReclaimBatch batch;
             std::lock_guard<std::mutex> lock(anchor_->mutex);
             removed = take_every_key(taken);
+            detail::reclaim_soon(*anchor_, batch);
             anchor_->retired.reclaim_unreachable(batch);
         }
         taken.wait_and_destroy();

@@ -15,9 +15,12 @@
 // a retired block is freed only if no slot holds it or this Snapshot's tag.
 // If the scan misses step 1, the barrier pair guarantees step 3 read the new
 // value, so the old block cannot be in use. Releasing a handle stores null
-// (release), runs light_barrier(), and re-reads `current`: if the pinned block
-// was replaced, the handle tries to reclaim it. Either the writer's scan saw
-// the null, or the releasing reader sees the replacement.
+// (release), runs a barrier (light_barrier(), or a full fence on a thread
+// that holds no record and so is not covered by writer_barrier()'s
+// shortcut), then re-reads `current` and `tag_kept_`: if the pinned block was
+// replaced, or a writer kept blocks only because it saw a tag (the reader may
+// have gone on to pin the new value), the handle runs a reclamation. Either
+// the writer's scan saw the null, or the releasing reader sees the change.
 #pragma once
 
 #include <atomic>
@@ -81,8 +84,15 @@ public:
         void release() noexcept {
             if (slot_ == nullptr) return;
             slot_->store(nullptr, std::memory_order_release);
-            detail::light_barrier();
-            if (owner_->current_.load(std::memory_order_acquire) != block_) owner_->reclaim_noexcept();
+            if (detail::t_record != nullptr) {
+                detail::light_barrier();
+            } else {
+                detail::full_fence();
+            }
+            if (owner_->current_.load(std::memory_order_acquire) != block_ ||
+                owner_->tag_kept_.load(std::memory_order_relaxed)) {
+                owner_->reclaim_noexcept();
+            }
             owner_ = nullptr;
             slot_ = nullptr;
             block_ = nullptr;
@@ -161,15 +171,18 @@ private:
     }
 
     void publish(Block* fresh) {
-        {
-            std::lock_guard<std::mutex> lock(mutex_);
-            retired_.reserve(retired_.size() + 1);  // so nothing below can throw
-        }
-        const Block* old = current_.exchange(fresh, std::memory_order_acq_rel);
         std::vector<const Block*> unpinned;
         {
-            std::lock_guard<std::mutex> lock(mutex_);
-            retired_.push_back(old);
+            std::unique_lock<std::mutex> lock(mutex_);
+            try {
+                retired_.reserve(retired_.size() + 1);  // so nothing after the exchange throws
+                unpinned.reserve(retired_.size() + 1);
+            } catch (...) {
+                lock.unlock();
+                delete fresh;
+                throw;
+            }
+            retired_.push_back(current_.exchange(fresh, std::memory_order_acq_rel));
             collect_unpinned(unpinned);
         }
         for (const Block* b : unpinned) delete b;
@@ -179,6 +192,7 @@ private:
         std::vector<const Block*> unpinned;
         try {
             std::lock_guard<std::mutex> lock(mutex_);
+            unpinned.reserve(retired_.size());
             collect_unpinned(unpinned);
         } catch (...) {
             return;  // a later store() or release will retry
@@ -186,23 +200,34 @@ private:
         for (const Block* b : unpinned) delete b;
     }
 
-    // Under mutex_: moves retired blocks that no slot pins into `out`.
-    void collect_unpinned(std::vector<const Block*>& out) const {
-        if (retired_.empty()) return;
+    // Under mutex_: moves retired blocks that no slot pins into `out`, which
+    // has room for all of them. Sets tag_kept_ when a block stays only
+    // because some reader's slot held the tag at the time of the scan.
+    void collect_unpinned(std::vector<const Block*>& out) const noexcept {
+        if (retired_.empty()) {
+            tag_kept_.store(false, std::memory_order_relaxed);
+            return;
+        }
         detail::writer_barrier();
-        out.reserve(retired_.size());
+        const bool tag_seen = detail::slot_holds(tag(), nullptr);
+        bool kept_for_tag = false;
         auto keep = retired_.begin();
         for (const Block* b : retired_) {
-            if (detail::slot_holds(b, tag())) {
+            if (detail::slot_holds(b, nullptr)) {
                 *keep++ = b;
+            } else if (tag_seen) {
+                *keep++ = b;
+                kept_for_tag = true;
             } else {
                 out.push_back(b);
             }
         }
         retired_.erase(keep, retired_.end());
+        tag_kept_.store(kept_for_tag, std::memory_order_relaxed);
     }
 
     std::atomic<const Block*> current_;
+    mutable std::atomic<bool> tag_kept_{false};  // written under mutex_
     mutable std::mutex mutex_;
     mutable std::vector<const Block*> retired_;  // under mutex_
 };

@@ -26,6 +26,9 @@
 #pragma once
 
 #include <atomic>
+#include <cstdio>
+#include <cstdlib>
+#include <thread>
 
 #if defined(__linux__) && !defined(CBM_NO_MEMBARRIER)
 #include <linux/membarrier.h>
@@ -110,7 +113,15 @@ inline void heavy_barrier() noexcept {
     if (ensure_barrier_mode() == BarrierMode::membarrier) {
 #if CBM_DETAIL_HAVE_MEMBARRIER
         std::atomic_thread_fence(std::memory_order_seq_cst);
-        ::syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0);
+        // It can fail transiently (ENOMEM for its CPU mask); readers rely on
+        // it, so retry, and give up loudly rather than run unsynchronized.
+        for (int attempt = 0; ::syscall(__NR_membarrier, MEMBARRIER_CMD_PRIVATE_EXPEDITED, 0, 0) != 0; ++attempt) {
+            if (attempt == 10000) {
+                std::fputs("cbm: membarrier(MEMBARRIER_CMD_PRIVATE_EXPEDITED) keeps failing\n", stderr);
+                std::abort();
+            }
+            std::this_thread::yield();
+        }
         std::atomic_thread_fence(std::memory_order_seq_cst);
 #endif
     } else {

@@ -78,6 +78,11 @@ struct NodeRetireHook : Retirable {
     NodeBase* node = nullptr;
 };
 
+// Two hooks per node, two lifetimes: `target_hook` is retired when the node
+// is detached and destroys the user's callable once no trigger can still be
+// running it; `retire_hook` is retired when the last array holding the node
+// is dropped and frees the node itself. The first is always retired first.
+
 // Size of the type-erased callable stored in every node (a Callback<Sig> of
 // any signature: two function pointers and three pointers of storage).
 inline constexpr std::size_t kCallableBytes = 5 * sizeof(void*);
@@ -93,6 +98,7 @@ struct NodeBase {
 
     // Cold.
     NodeRetireHook retire_hook;
+    NodeRetireHook target_hook;
     std::atomic<std::uint32_t> refs{2};    // the list's reference + the first handle's
     std::atomic<std::uint32_t> wake{0};    // bumped to wake blocking unregisters
     int priority = 0;                      // immutable
@@ -102,7 +108,10 @@ struct NodeBase {
     void (*destroy_target)(NodeBase*) noexcept = nullptr;
     void (*delete_node)(NodeBase*) noexcept = nullptr;
 
-    NodeBase() noexcept { retire_hook.node = this; }
+    NodeBase() noexcept {
+        retire_hook.node = this;
+        target_hook.node = this;
+    }
     NodeBase(const NodeBase&) = delete;
     NodeBase& operator=(const NodeBase&) = delete;
 
@@ -159,6 +168,8 @@ inline void NodeBase::release_ref() noexcept {
         a->release();
     }
 }
+
+inline void reclaim_target(Retirable* r) noexcept { static_cast<NodeRetireHook*>(r)->node->destroy_target_once(); }
 
 inline void reclaim_node(Retirable* r) noexcept {
     NodeBase* node = static_cast<NodeRetireHook*>(r)->node;
@@ -230,6 +241,7 @@ struct ListCore {
     // array once tombstones outnumber live callbacks.
     void remove(NodeBase* n, RetireList& retired) noexcept {
         n->core = nullptr;
+        retired.retire(&n->target_hook, &reclaim_target);
         size.store(count() - 1, std::memory_order_relaxed);
         ++tombstones;
         if (tombstones > count() + 8) {
@@ -310,12 +322,33 @@ inline void ListCore::retire_array(NodeArray* old, RetireList& retired) noexcept
     retired.retire(old, &NodeArray::reclaim);
 }
 
+// Runs maybe_reclaim for an anchor a trigger retired into; queued by
+// reclaim_soon and run when the thread leaves its outermost trigger.
+inline void reclaim_deferred(void* context) noexcept {
+    auto* anchor = static_cast<Anchor*>(context);
+    {
+        ReclaimBatch batch;
+        std::lock_guard<std::mutex> lock(anchor->mutex);
+        anchor->retired.maybe_reclaim(batch);
+    }
+    anchor->release();
+}
+
+// After retiring into `anchor`: reclaim now (the caller's batch), or, when
+// the caller is inside a trigger (whose epoch holds everything back), again
+// as soon as it leaves its outermost trigger. Under the anchor mutex.
+inline void reclaim_soon(Anchor& anchor, ReclaimBatch& batch) noexcept {
+    anchor.add_ref();
+    if (!defer_until_outside_triggers(&reclaim_deferred, &anchor)) anchor.release();
+    anchor.retired.maybe_reclaim(batch);
+}
+
 inline void detach(NodeBase* n) {
     Anchor& anchor = *n->anchor;
     ReclaimBatch batch;
     std::lock_guard<std::mutex> lock(anchor.mutex);
     detach_locked(anchor, n);
-    anchor.retired.maybe_reclaim(batch);
+    reclaim_soon(anchor, batch);
 }
 
 inline void notify_waiters(NodeBase& n) noexcept {
@@ -346,7 +379,9 @@ inline bool unregister_node(NodeBase& n, bool wait) {
     if (wait) {
         writer_barrier();
         wait_until_idle_elsewhere(n);
-        n.destroy_target_once();
+        // Not while this thread itself runs it: then the reclamation of
+        // target_hook destroys it, after this thread's trigger has returned.
+        if (!node_named_by_self(&n)) n.destroy_target_once();
     }
     return won;
 }
@@ -375,6 +410,7 @@ public:
             const std::uint32_t old = n->state.fetch_or(kUnregistered | kWaiter, std::memory_order_acq_rel);
             if ((old & kUnregistered) == 0) ++won;
             n->core = nullptr;
+            anchor.retired.retire(&n->target_hook, &reclaim_target);
         });
         core.size.store(0, std::memory_order_relaxed);
         core.retire_all(anchor.retired);
@@ -388,7 +424,7 @@ public:
         writer_barrier();
         for (NodeBase* n : nodes_) {
             wait_until_idle_elsewhere(*n);
-            n->destroy_target_once();
+            if (!node_named_by_self(n)) n->destroy_target_once();
         }
     }
 

@@ -103,14 +103,20 @@ Outcome run_special(Node<Signature>& node, Anchor& anchor, TriggerResult& result
     if (once && (node.state.fetch_or(kUnregistered, std::memory_order_acq_rel) & kUnregistered) != 0) {
         return Outcome::skipped;  // another thread claimed it
     }
+    Outcome outcome = once ? Outcome::invoked_once : Outcome::invoked;
     try {
         CallbackAccess::invoke(node.fn(), args...);
     } catch (...) {
         if (record_failure(result, anchor, node, std::current_exception(), false)) {
-            return once ? Outcome::stop_once : Outcome::stop;
+            outcome = once ? Outcome::stop_once : Outcome::stop;
         }
     }
-    return once ? Outcome::invoked_once : Outcome::invoked;
+    // Only the claiming thread ever runs a once callback's body, and it still
+    // has the node announced (a blocking unregister waits for it), so its
+    // captured state can go right now. The filter stays: other threads may
+    // still be evaluating it; it goes when the node is reclaimed.
+    if (once) node.fn().reset();
+    return outcome;
 }
 
 // Counts the callbacks in slots [from, end) that a stopped trigger does not reach.

@@ -37,6 +37,7 @@
 #include <cstdint>
 #include <limits>
 #include <thread>
+#include <vector>
 
 #include "barrier.hpp"
 
@@ -62,13 +63,30 @@ struct SlotChunk {
     std::atomic<SlotChunk*> next{nullptr};
 };
 
+// Work the owner postponed until it leaves its outermost trigger (see
+// defer_until_outside_triggers).
+struct Deferred {
+    void (*run)(void* context) noexcept;
+    void* context;
+};
+
 struct alignas(64) ThreadRecord {
     std::atomic<std::uint64_t> epoch{0};  // written by the owner
     std::uint32_t depth = 0;              // owner only: current trigger nesting
     std::atomic<bool> in_use{false};
     ThreadRecord* next_record = nullptr;  // immutable once the record is published
+    std::vector<Deferred> deferred;       // owner only
     LevelChunk levels;
     SlotChunk slots;
+
+    // Runs (and clears) the deferred work; called outside any trigger.
+    void run_deferred() noexcept {
+        while (!deferred.empty()) {
+            const Deferred d = deferred.back();
+            deferred.pop_back();
+            d.run(d.context);
+        }
+    }
 };
 
 struct RecordList {
@@ -79,6 +97,25 @@ struct RecordList {
 
 inline RecordList g_records;
 inline constinit thread_local ThreadRecord* t_record = nullptr;
+
+// When the calling thread is inside a trigger, queues `run(context)` for when
+// it leaves its outermost trigger and returns true (a `context` already queued
+// with the same `run` is not queued twice: returns false then too, as it will
+// run); otherwise returns false and queues nothing.
+inline bool defer_until_outside_triggers(void (*run)(void*) noexcept, void* context) noexcept {
+    ThreadRecord* self = t_record;
+    if (self == nullptr || self->depth == 0) return false;
+    for (const Deferred& d : self->deferred) {
+        if (d.run == run && d.context == context) return false;
+    }
+    try {
+        self->deferred.push_back(Deferred{run, context});
+    } catch (...) {
+        return false;  // the work then waits for the next regular occasion
+    }
+    return true;
+}
+
 
 struct RecordReleaser {
     ThreadRecord* record = nullptr;
@@ -167,6 +204,16 @@ inline bool node_named(const void* node, bool include_self) {
     });
 }
 
+// True when the calling thread itself has `node` announced at some level
+// (it is inside that callback, or further up its own stack).
+inline bool node_named_by_self(const void* node) {
+    ThreadRecord* self = t_record;
+    if (self == nullptr) return false;
+    bool hit = false;
+    for_each_level(*self, [&](TriggerLevel& l) { hit = hit || l.node.load(std::memory_order_relaxed) == node; });
+    return hit;
+}
+
 inline bool domain_named_elsewhere(const void* domain) {
     return any_record(false, [domain](ThreadRecord& r) {
         bool hit = false;
@@ -250,8 +297,11 @@ public:
     TriggerScope& operator=(const TriggerScope&) = delete;
     ~TriggerScope() {
         level_->domain.store(nullptr, std::memory_order_release);
-        if (depth_ == 0) record_->epoch.store(0, std::memory_order_release);
         record_->depth = depth_;
+        if (depth_ == 0) {
+            record_->epoch.store(0, std::memory_order_release);
+            if (!record_->deferred.empty()) [[unlikely]] record_->run_deferred();
+        }
     }
 
     BarrierMode mode() const noexcept { return mode_; }
@@ -310,13 +360,17 @@ public:
     ReclaimBatch& operator=(const ReclaimBatch&) = delete;
     ~ReclaimBatch() { run(); }
 
+    // Keeps retirement order: an object retired earlier is reclaimed first
+    // (a node's callable is retired before the node's memory).
     void append(Retirable* chain) noexcept {
-        while (chain != nullptr) {
-            Retirable* next = chain->retire_next;
-            chain->retire_next = head_;
+        if (chain == nullptr) return;
+        if (tail_ != nullptr) {
+            tail_->retire_next = chain;
+        } else {
             head_ = chain;
-            chain = next;
         }
+        while (chain->retire_next != nullptr) chain = chain->retire_next;
+        tail_ = chain;
     }
     void run() noexcept {
         while (head_ != nullptr) {
@@ -324,10 +378,12 @@ public:
             head_ = object->retire_next;
             object->reclaim(object);
         }
+        tail_ = nullptr;
     }
 
 private:
     Retirable* head_ = nullptr;
+    Retirable* tail_ = nullptr;
 };
 
 // A FIFO of retired objects. Guarded by its owner's mutex.
@@ -364,7 +420,7 @@ public:
     // barrier needed; see writer_barrier()), otherwise in batches, once enough
     // has piled up to be worth a heavy barrier. Call once the operation that
     // retired is done.
-    void maybe_reclaim(ReclaimBatch& batch) {
+    void maybe_reclaim(ReclaimBatch& batch) noexcept {
         if (head_ == nullptr) return;
         full_fence();
         ThreadRecord* self = t_record;
@@ -377,7 +433,7 @@ public:
         }
     }
 
-    void reclaim_unreachable(ReclaimBatch& batch) {
+    void reclaim_unreachable(ReclaimBatch& batch) noexcept {
         if (head_ == nullptr) return;
         g_records.epoch.fetch_add(1, std::memory_order_seq_cst);
         writer_barrier();
