@@ -276,7 +276,9 @@ private:
     // Throws: std::bad_alloc, before anything changed.
     void rebuild(NodeBase* extra, RetireList& retired) {
         const std::size_t live = count() + (extra != nullptr ? 1 : 0);
-        const auto capacity = static_cast<std::uint32_t>(live < 2 ? 4 : live * 2);
+        // Room for as many appends as there are live callbacks, and at least
+        // 16: a group that churns at its tail rebuilds once per 16 changes.
+        const auto capacity = static_cast<std::uint32_t>(live * 2 + 16);
         NodeArray* fresh = NodeArray::make(capacity);
         std::uint32_t out = 0;
         auto put = [&](NodeBase* node) { fresh->slots()[out++].store(node, std::memory_order_relaxed); };
@@ -338,8 +340,11 @@ inline void reclaim_deferred(void* context) noexcept {
 // the caller is inside a trigger (whose epoch holds everything back), again
 // as soon as it leaves its outermost trigger. Under the anchor mutex.
 inline void reclaim_soon(Anchor& anchor, ReclaimBatch& batch) noexcept {
-    anchor.add_ref();
-    if (!defer_until_outside_triggers(&reclaim_deferred, &anchor)) anchor.release();
+    ThreadRecord* self = t_record;
+    if (self != nullptr && self->depth != 0) {
+        anchor.add_ref();
+        if (!defer_until_outside_triggers(&reclaim_deferred, &anchor)) anchor.release();
+    }
     anchor.retired.maybe_reclaim(batch);
 }
 
