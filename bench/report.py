@@ -9,6 +9,7 @@ Multi-threaded cells show the cost per operation per thread
 (Google Benchmark's real time per iteration times the thread count).
 """
 import json
+import os
 import sys
 from collections import OrderedDict
 
@@ -42,11 +43,24 @@ def median(values):
     return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
 
+def cpu_model():
+    try:
+        with open("/proc/cpuinfo") as f:
+            for line in f:
+                if line.startswith("model name"):
+                    return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return "unknown CPU"
+
+
 def main(paths):
     context, cells = load(paths)
-    cpu = context.get("host_name", "?")
-    print(f"Machine: {cpu}, {context.get('num_cpus', '?')} CPUs at {context.get('mhz_per_cpu', '?')} MHz; "
-          f"library build: {context.get('library_build_type', '?')}")
+    print(f"Machine: {cpu_model()}, {context.get('num_cpus', '?')} cores at {context.get('mhz_per_cpu', '?')} MHz; "
+          f"compiler: {os.environ.get('CBM_BENCH_COMPILER', '?')}, flags: {os.environ.get('CBM_BENCH_FLAGS', '?')}; "
+          f"{os.environ.get('CBM_BENCH_MODE', '')}")
+    print("Multi-threaded columns: all threads trigger the same group at once; with 2 cores, "
+          "2 threads use both cores.")
     families = OrderedDict()
     for (family, impl, column), values in cells.items():
         families.setdefault(family, OrderedDict()).setdefault(impl, OrderedDict())[column] = median(values)

@@ -22,7 +22,7 @@ esac
 bash scripts/ensure-packages.sh g++ cmake ninja-build catch2 libbenchmark-dev python3 \
   libboost-dev libsigc++-3.0-dev pkg-config
 cmake --preset release >/dev/null
-cmake --build --preset release --target emit_bench churn_bench snapshot_bench
+cmake --build --preset release --target emit_bench churn_bench snapshot_bench >&2
 
 case "$mode" in
   full)  flags=(--benchmark_repetitions=5 --benchmark_min_time=0.2 --benchmark_report_aggregates_only=true) ;;
@@ -37,4 +37,10 @@ for bench in emit_bench churn_bench snapshot_bench; do
   "build/release/bench/$bench" "${flags[@]}" --benchmark_format=json --benchmark_out="$out/$bench.json" \
     --benchmark_out_format=json >/dev/null
 done
-python3 bench/report.py "$out"/*.json
+case "$mode" in
+  full)  described="median of 5 repetitions" ;;
+  quick) described="quick run: 1 repetition, short timings" ;;
+  token) described="token run: timings meaningless" ;;
+esac
+CBM_BENCH_COMPILER="$(g++ --version | head -n 1)" CBM_BENCH_FLAGS="-O2 -DNDEBUG (preset release)" \
+  CBM_BENCH_MODE="$described" python3 bench/report.py "$out"/*.json
