@@ -3,7 +3,7 @@
 # against the unsynchronized floor and the peers, then prints one Markdown
 # table per family with the ratios measured in the same run.
 #
-#   scripts/bench.sh           full run (medians of 5 repetitions)
+#   scripts/bench.sh           full run (medians of 9 repetitions, about 3 minutes)
 #   scripts/bench.sh --quick   quick run (1 repetition, short timings)
 #   scripts/bench.sh --token   every benchmark for a token duration (CI: they build and run)
 #
@@ -25,7 +25,7 @@ cmake --preset release >/dev/null
 cmake --build --preset release --target emit_bench churn_bench snapshot_bench >&2
 
 case "$mode" in
-  full)  flags=(--benchmark_repetitions=5 --benchmark_min_time=0.2 --benchmark_report_aggregates_only=true) ;;
+  full)  flags=(--benchmark_repetitions=9 --benchmark_min_time=0.2 --benchmark_report_aggregates_only=true) ;;
   quick) flags=(--benchmark_repetitions=1 --benchmark_min_time=0.05) ;;
   token) flags=(--benchmark_repetitions=1 --benchmark_min_time=0.001) ;;
 esac
@@ -38,7 +38,7 @@ for bench in emit_bench churn_bench snapshot_bench; do
     --benchmark_out_format=json >/dev/null
 done
 case "$mode" in
-  full)  described="median of 5 repetitions" ;;
+  full)  described="median of 9 repetitions" ;;
   quick) described="quick run: 1 repetition, short timings" ;;
   token) described="token run: timings meaningless" ;;
 esac
