@@ -55,22 +55,7 @@ public:
     // Blocks: while other threads run callbacks of this group.
     // Precondition: not called from inside a callback of this group.
     ~CallbackGroup() {
-        detail::TakenNodes taken;
-        {
-            std::lock_guard<std::mutex> lock(anchor_->mutex);
-            anchor_->alive = false;
-            taken.take_all(*anchor_, core_);
-        }
-        detail::wait_until_domain_idle(anchor_);
-        taken.wait_and_destroy();
-        {
-            detail::ReclaimBatch batch;
-            {
-                std::lock_guard<std::mutex> lock(anchor_->mutex);
-                batch.append(anchor_->retired.take_all());
-            }
-        }
-        anchor_->release();
+        detail::shut_down(anchor_, [this](detail::TakenNodes& taken) { taken.take_all(*anchor_, core_); });
     }
 
     // Effect: registers `f` (anything callable as void(Args...)) with `options`.

@@ -53,21 +53,8 @@ public:
     // thread is inside trigger() on this registry, destroys every callable.
     // Precondition: not called from inside a callback of this registry.
     ~CallbackRegistry() {
-        detail::TakenNodes taken;
-        {
-            std::lock_guard<std::mutex> lock(anchor_->mutex);
-            anchor_->alive = false;
-            take_every_key(taken);
-        }
-        detail::wait_until_domain_idle(anchor_);
-        taken.wait_and_destroy();
-        {
-            detail::ReclaimBatch batch;
-            std::lock_guard<std::mutex> lock(anchor_->mutex);
-            batch.append(anchor_->retired.take_all());
-        }
-        Table::reclaim(table_.load(std::memory_order_relaxed));
-        anchor_->release();
+        detail::shut_down(anchor_, [this](detail::TakenNodes& taken) { take_every_key(taken); });
+        Table::reclaim(table_.load(std::memory_order_relaxed));  // shut_down left no entry in it
     }
 
     // Effect: registers `f` under `key`, creating the key if needed.

@@ -444,4 +444,27 @@ inline void wait_until_domain_idle(const void* domain) {
     while (domain_named_elsewhere(domain)) backoff.pause();
 }
 
+// The destructor of a group or registry: marks the anchor dead, takes every
+// callback out (`take_all(TakenNodes&)`, under the mutex), waits until no
+// other thread is inside a trigger of the domain, destroys the callables,
+// reclaims everything retired (no trigger can reach it any more), and drops
+// the owner's reference to the anchor.
+template <class TakeAll>
+void shut_down(Anchor* anchor, TakeAll&& take_all) {
+    TakenNodes taken;
+    {
+        std::lock_guard<std::mutex> lock(anchor->mutex);
+        anchor->alive = false;
+        take_all(taken);
+    }
+    wait_until_domain_idle(anchor);
+    taken.wait_and_destroy();
+    {
+        ReclaimBatch batch;
+        std::lock_guard<std::mutex> lock(anchor->mutex);
+        batch.append(anchor->retired.take_all());
+    }
+    anchor->release();
+}
+
 }  // namespace cbm::detail
