@@ -24,6 +24,7 @@ using cbm::ErrorPolicy;
 using cbm::Registration;
 using cbm_test::Counter;
 using cbm_test::eventually;
+using cbm_test::BlockingCallback;
 using cbm_test::Gate;
 using cbm_test::Tracked;
 
@@ -317,28 +318,16 @@ TEST_CASE("adding an empty std::function or a null function pointer throws and r
 TEST_CASE("unregister returns only after the callback finished running on another thread", "[group][unregister][race]") {
     for (int round = 0; round < 20; ++round) {
         CallbackGroup<void()> group;
-        Gate entered, release;
-        std::atomic<bool> finished{false};
-        auto reg = group.add([&] {
-            entered.open();
-            release.wait();
-            finished.store(true);
-        });
+        BlockingCallback blocking;
+        auto reg = group.add([&] { blocking.run(); });
         std::jthread runner([&] { group.trigger(); });
-        entered.wait();
+        blocking.wait_until_running();
         REQUIRE(reg.state() == CallbackState::executing);
-        bool finished_when_returned = false;
         bool won = false;
-        std::jthread unregisterer([&] {
-            won = reg.unregister();
-            finished_when_returned = finished.load();
-        });
-        // unregister() has begun once the state turned terminal; only then let the callback go.
-        REQUIRE(eventually([&] { return reg.state() == CallbackState::unregistered; }));
-        release.open();
-        unregisterer.join();
+        // unregister() has begun once the state turned terminal; only then is the callback let go.
+        REQUIRE(blocking.operation_waited([&] { won = reg.unregister(); },
+                                          [&] { return reg.state() == CallbackState::unregistered; }));
         REQUIRE(won);
-        REQUIRE(finished_when_returned);
     }
 }
 
@@ -383,82 +372,36 @@ TEST_CASE("unregister from inside the callback itself does not wait", "[group][u
 
 TEST_CASE("a callback deep in another thread's nested triggers is waited for", "[group][unregister][race]") {
     CallbackGroup<void(int)> group;
-    Gate entered, release;
-    std::atomic<bool> finished{false};
-    Registration deep;
+    BlockingCallback blocking;
     auto recurse = group.add([&](int depth) {
         if (depth < 20) group.trigger(depth + 1);
     }, {.priority = 1});
-    deep = group.add([&](int depth) {
-        if (depth != 20) return;
-        entered.open();
-        release.wait();
-        finished.store(true);
+    auto deep = group.add([&](int depth) {
+        if (depth == 20) blocking.run();
     });
     std::jthread runner([&] { group.trigger(0); });
-    entered.wait();
-    bool finished_when_returned = false;
-    std::jthread unregisterer([&] {
-        deep.unregister();
-        finished_when_returned = finished.load();
-    });
-    REQUIRE(eventually([&] { return deep.state() == CallbackState::unregistered; }));
-    release.open();
-    unregisterer.join();
-    REQUIRE(finished_when_returned);
+    REQUIRE(blocking.operation_waited([&] { deep.unregister(); },
+                                      [&] { return deep.state() == CallbackState::unregistered; }));
 }
 
 TEST_CASE("clear waits for callbacks running on other threads", "[group][clear][race]") {
     CallbackGroup<void()> group;
-    Gate entered, release;
-    std::atomic<bool> finished{false};
-    auto reg = group.add([&] {
-        entered.open();
-        release.wait();
-        finished.store(true);
-    });
+    BlockingCallback blocking;
+    auto reg = group.add([&] { blocking.run(); });
     std::jthread runner([&] { group.trigger(); });
-    entered.wait();
-    bool finished_when_returned = false;
     std::size_t cleared = 0;
-    std::jthread clearer([&] {
-        cleared = group.clear();
-        finished_when_returned = finished.load();
-    });
-    REQUIRE(eventually([&] { return reg.state() == CallbackState::unregistered; }));
-    release.open();
-    clearer.join();
+    REQUIRE(blocking.operation_waited([&] { cleared = group.clear(); },
+                                      [&] { return reg.state() == CallbackState::unregistered; }));
     REQUIRE(cleared == 1);
-    REQUIRE(finished_when_returned);
 }
 
 TEST_CASE("the group's destructor waits for another thread still inside trigger", "[group][lifetime][race]") {
     auto group = std::make_unique<CallbackGroup<void()>>();
-    Gate entered, release;
-    std::atomic<bool> trigger_returned{false};
-    auto reg = group->add([&] {
-        entered.open();
-        release.wait();
-    });
-    std::jthread runner([&] {
-        group->trigger();
-        trigger_returned.store(true);
-    });
-    entered.wait();
-    bool returned_when_destroyed = false;
-    std::jthread destroyer([&] {
-        group.reset();
-        returned_when_destroyed = trigger_returned.load();
-    });
-    REQUIRE(eventually([&] { return reg.state() == CallbackState::unregistered; }));
-    release.open();
-    destroyer.join();
-    // The trigger may return just after the destructor saw it leave, but the
-    // callback body must have finished: the state is terminal and nothing runs.
-    REQUIRE(reg.state() == CallbackState::unregistered);
-    runner.join();
-    REQUIRE(trigger_returned.load());
-    (void)returned_when_destroyed;
+    BlockingCallback blocking;
+    auto reg = group->add([&] { blocking.run(); });
+    std::jthread runner([&] { group->trigger(); });
+    REQUIRE(blocking.operation_waited([&] { group.reset(); },
+                                      [&] { return reg.state() == CallbackState::unregistered; }));
 }
 
 // ---------------------------------------------------------------- lifetimes

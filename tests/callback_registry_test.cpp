@@ -22,6 +22,7 @@ using cbm::CallbackState;
 using cbm::Registration;
 using cbm_test::Counter;
 using cbm_test::eventually;
+using cbm_test::BlockingCallback;
 using cbm_test::Gate;
 using cbm_test::Tracked;
 
@@ -184,50 +185,24 @@ TEST_CASE("adding and unregistering under a million distinct keys leaves no key 
 
 TEST_CASE("erase waits for a callback of that key running on another thread", "[registry][race]") {
     CallbackRegistry<std::string, void()> registry;
-    Gate entered, release;
-    std::atomic<bool> finished{false};
-    auto reg = registry.add("slow", [&] {
-        entered.open();
-        release.wait();
-        finished.store(true);
-    });
+    BlockingCallback blocking;
+    auto reg = registry.add("slow", [&] { blocking.run(); });
     std::jthread runner([&] { registry.trigger("slow"); });
-    entered.wait();
-    bool finished_when_returned = false;
     std::size_t erased = 0;
-    std::jthread eraser([&] {
-        erased = registry.erase("slow");
-        finished_when_returned = finished.load();
-    });
-    REQUIRE(eventually([&] { return reg.state() == CallbackState::unregistered; }));
-    release.open();
-    eraser.join();
+    REQUIRE(blocking.operation_waited([&] { erased = registry.erase("slow"); },
+                                      [&] { return reg.state() == CallbackState::unregistered; }));
     REQUIRE(erased == 1);
-    REQUIRE(finished_when_returned);
 }
 
 TEST_CASE("the registry's destructor waits for triggers and destroys every callable", "[registry][lifetime][race]") {
     Counter counter;
     auto registry = std::make_unique<CallbackRegistry<int, void()>>();
-    Gate entered, release;
-    std::atomic<bool> finished{false};
-    auto reg = registry->add(1, [&, t = Tracked(counter)] {
-        entered.open();
-        release.wait();
-        finished.store(true);
-    });
+    BlockingCallback blocking;
+    auto reg = registry->add(1, [&, t = Tracked(counter)] { blocking.run(); });
     registry->add(2, [t = Tracked(counter)] {});
     std::jthread runner([&] { registry->trigger(1); });
-    entered.wait();
-    bool finished_when_destroyed = false;
-    std::jthread destroyer([&] {
-        registry.reset();
-        finished_when_destroyed = finished.load();
-    });
-    REQUIRE(eventually([&] { return reg.state() == CallbackState::unregistered; }));
-    release.open();
-    destroyer.join();
-    REQUIRE(finished_when_destroyed);
+    REQUIRE(blocking.operation_waited([&] { registry.reset(); },
+                                      [&] { return reg.state() == CallbackState::unregistered; }));
     REQUIRE(counter.alive() == 0);
     REQUIRE_FALSE(reg.unregister());
 }

@@ -72,3 +72,45 @@ private:
 };
 
 }  // namespace cbm_test
+
+namespace cbm_test {
+
+// A callback body that blocks until released, for tests of operations that
+// must wait for a callback running on another thread.
+class BlockingCallback {
+public:
+    // Call from the callback.
+    void run() {
+        entered_.open();
+        release_.wait();
+        finished_.store(true);
+    }
+    void wait_until_running() const { entered_.wait(); }
+    bool finished() const { return finished_.load(); }
+
+    // Runs `operation` on a new thread while the callback is blocked, lets the
+    // callback go once `operation_started()` holds, and returns whether the
+    // callback had finished by the time `operation` returned: true when the
+    // operation waited for it.
+    template <class Operation, class Started>
+    bool operation_waited(Operation&& operation, Started&& operation_started) {
+        wait_until_running();
+        bool finished_on_return = false;
+        std::thread worker([&] {
+            operation();
+            finished_on_return = finished();
+        });
+        const bool started = eventually(operation_started);
+        release_.open();
+        worker.join();
+        if (!started) throw std::runtime_error("BlockingCallback: the operation never started");
+        return finished_on_return;
+    }
+
+private:
+    Gate entered_;
+    Gate release_;
+    std::atomic<bool> finished_{false};
+};
+
+}  // namespace cbm_test
