@@ -16,6 +16,10 @@ from collections import OrderedDict
 UNIT = {"ns": 1.0, "us": 1e3, "ms": 1e6, "s": 1e9}
 
 
+LATENCY_COUNTERS = ("p50_ns", "p99_ns", "max_ns")
+latencies = OrderedDict()  # (family, impl, counter) -> [ns, ...]
+
+
 def load(paths):
     context = None
     cells = OrderedDict()  # (family, impl, column) -> [ns, ...]
@@ -34,6 +38,9 @@ def load(paths):
             column = "/".join(["N=" + a for a in args] + ([f"{threads} thr"] if threads > 1 or "threads:" in b["run_name"] else []))
             ns = float(b["real_time"]) * UNIT[b.get("time_unit", "ns")] * threads
             cells.setdefault((family, impl, column or "-"), []).append(ns)
+            for counter in LATENCY_COUNTERS:
+                if counter in b:
+                    latencies.setdefault((family, impl, counter), []).append(float(b[counter]))
     return context, cells
 
 
@@ -62,7 +69,10 @@ def main(paths):
     print("Multi-threaded columns: all threads trigger the same group at once; with 2 cores, "
           "2 threads use both cores.")
     families = OrderedDict()
+    latency_families = {family for (family, _, _) in latencies}
     for (family, impl, column), values in cells.items():
+        if family in latency_families:
+            continue
         families.setdefault(family, OrderedDict()).setdefault(impl, OrderedDict())[column] = median(values)
     for family, impls in families.items():
         columns = []
@@ -85,6 +95,16 @@ def main(paths):
                 ratio = f" ({row[c] / base:.2f}x)" if base else ""
                 out.append(f"{row[c]:.1f}{ratio}")
             print(f"| {impl} | " + " | ".join(out) + " |")
+    for family in sorted(latency_families):
+        print(f"\n### {family} (ns per call; median over repetitions of each percentile)\n")
+        print("| implementation | " + " | ".join(LATENCY_COUNTERS) + " |")
+        print("|---|" + "---:|" * len(LATENCY_COUNTERS))
+        impls = OrderedDict()
+        for (fam, impl, counter), values in latencies.items():
+            if fam == family:
+                impls.setdefault(impl, {})[counter] = median(values)
+        for impl, row in impls.items():
+            print(f"| {impl} | " + " | ".join(f"{row.get(c, float('nan')):.0f}" for c in LATENCY_COUNTERS) + " |")
 
 
 if __name__ == "__main__":

@@ -1,0 +1,140 @@
+// Contention: emit while another thread keeps adding and unregistering
+// callbacks on the same group, and the latency of a blocking unregister()
+// while another thread keeps triggering.
+#include <cbm/callback_group.hpp>
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <shared_mutex>
+#include <thread>
+#include <vector>
+
+#include "bench_support.hpp"
+
+#if CBM_BENCH_HAVE_BOOST
+#include <boost/signals2/signal.hpp>
+#endif
+
+namespace {
+
+const auto kBody = [](int x) { cbm_bench::body(x); };
+constexpr int kCallbacks = 8;
+
+struct CbmGroup {
+    cbm::CallbackGroup<void(int)> group;
+    void setup() {
+        for (int i = 0; i < kCallbacks; ++i) group.add(kBody);
+    }
+    void emit(int x) { benchmark::DoNotOptimize(group.trigger(x).invoked); }
+    void churn() { group.add(kBody).unregister(); }
+};
+
+struct SharedMutexVector {
+    std::shared_mutex mutex;
+    std::vector<std::shared_ptr<std::function<void(int)>>> callbacks;
+    void setup() {
+        for (int i = 0; i < kCallbacks; ++i) callbacks.push_back(std::make_shared<std::function<void(int)>>(kBody));
+    }
+    void emit(int x) {
+        std::shared_lock lock(mutex);
+        for (auto& f : callbacks) (*f)(x);
+    }
+    void churn() {
+        auto f = std::make_shared<std::function<void(int)>>(kBody);
+        {
+            std::unique_lock lock(mutex);
+            callbacks.push_back(f);
+        }
+        std::unique_lock lock(mutex);
+        callbacks.erase(std::find(callbacks.begin(), callbacks.end(), f));
+    }
+};
+
+#if CBM_BENCH_HAVE_BOOST
+struct BoostSignals2 {
+    boost::signals2::signal<void(int)> signal;
+    void setup() {
+        for (int i = 0; i < kCallbacks; ++i) signal.connect(kBody);
+    }
+    void emit(int x) { signal(x); }
+    void churn() { signal.connect(kBody).disconnect(); }
+};
+#endif
+
+// Emit of 8 callbacks on the measured thread while a second thread churns.
+template <class Peer>
+void emit_while_churning(benchmark::State& state) {
+    Peer peer;
+    peer.setup();
+    std::atomic<bool> stop{false};
+    std::thread churner([&] {
+        while (!stop.load(std::memory_order_relaxed)) peer.churn();
+    });
+    int x = 1;
+    benchmark::DoNotOptimize(x);
+    for (auto _ : state) peer.emit(x);
+    stop.store(true);
+    churner.join();
+}
+
+// The unsynchronized floor, without churn (it cannot churn safely).
+void floor_without_churn(benchmark::State& state) {
+    std::vector<std::function<void(int)>> callbacks(kCallbacks, kBody);
+    int x = 1;
+    benchmark::DoNotOptimize(x);
+    for (auto _ : state) {
+        for (auto& f : callbacks) f(x);
+    }
+}
+
+// Latency of add + blocking unregister while another thread triggers the
+// same group in a loop: p50, p99 and max over the iterations.
+void cbm_unregister_latency(benchmark::State& state) {
+    cbm::CallbackGroup<void(int)> group;
+    for (int i = 0; i < kCallbacks; ++i) group.add(kBody);
+    std::atomic<bool> stop{false};
+    std::thread emitter([&] {
+        int x = 0;
+        while (!stop.load(std::memory_order_relaxed)) group.trigger(++x);
+    });
+    std::vector<double> samples;
+    samples.reserve(1 << 16);
+    for (auto _ : state) {
+        auto r = group.add(kBody);
+        const auto start = std::chrono::steady_clock::now();
+        r.unregister();
+        const auto stop_time = std::chrono::steady_clock::now();
+        samples.push_back(std::chrono::duration<double, std::nano>(stop_time - start).count());
+    }
+    stop.store(true);
+    emitter.join();
+    std::sort(samples.begin(), samples.end());
+    auto at = [&](double q) { return samples[static_cast<std::size_t>(q * static_cast<double>(samples.size() - 1))]; };
+    state.counters["p50_ns"] = at(0.50);
+    state.counters["p99_ns"] = at(0.99);
+    state.counters["max_ns"] = samples.back();
+}
+
+}  // namespace
+
+int main(int argc, char** argv) {
+    benchmark::RegisterBenchmark("contention/floor_std_function_loop_no_churn", &floor_without_churn);
+    benchmark::RegisterBenchmark("contention/cbm_group", &emit_while_churning<CbmGroup>)->UseRealTime();
+    benchmark::RegisterBenchmark("contention/shared_mutex_vector", &emit_while_churning<SharedMutexVector>)->UseRealTime();
+#if CBM_BENCH_HAVE_BOOST
+    benchmark::RegisterBenchmark("contention/boost_signals2", &emit_while_churning<BoostSignals2>)->UseRealTime();
+#else
+    cbm_bench::note_missing("Boost.Signals2", "libboost-dev");
+#endif
+    benchmark::RegisterBenchmark("unregister_latency/cbm_group_while_triggering", &cbm_unregister_latency)
+        ->UseRealTime()
+        ->Iterations(20000);
+    benchmark::Initialize(&argc, argv);
+    if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
+    benchmark::RunSpecifiedBenchmarks();
+    benchmark::Shutdown();
+}
