@@ -1,75 +1,24 @@
 // Contention: emit while another thread keeps adding and unregistering
 // callbacks on the same group, and the latency of a blocking unregister()
 // while another thread keeps triggering.
-#include <cbm/callback_group.hpp>
-
 #include <algorithm>
 #include <atomic>
 #include <chrono>
-#include <functional>
-#include <memory>
-#include <mutex>
-#include <shared_mutex>
 #include <thread>
 #include <vector>
 
-#include "bench_support.hpp"
-
-#if CBM_BENCH_HAVE_BOOST
-#include <boost/signals2/signal.hpp>
-#endif
+#include "peers.hpp"
 
 namespace {
 
-const auto kBody = [](int x) { cbm_bench::body(x); };
+using namespace cbm_bench;
 constexpr int kCallbacks = 8;
-
-struct CbmGroup {
-    cbm::CallbackGroup<void(int)> group;
-    void setup() {
-        for (int i = 0; i < kCallbacks; ++i) group.add(kBody);
-    }
-    void emit(int x) { benchmark::DoNotOptimize(group.trigger(x).invoked); }
-    void churn() { group.add(kBody).unregister(); }
-};
-
-struct SharedMutexVector {
-    std::shared_mutex mutex;
-    std::vector<std::shared_ptr<std::function<void(int)>>> callbacks;
-    void setup() {
-        for (int i = 0; i < kCallbacks; ++i) callbacks.push_back(std::make_shared<std::function<void(int)>>(kBody));
-    }
-    void emit(int x) {
-        std::shared_lock lock(mutex);
-        for (auto& f : callbacks) (*f)(x);
-    }
-    void churn() {
-        auto f = std::make_shared<std::function<void(int)>>(kBody);
-        {
-            std::unique_lock lock(mutex);
-            callbacks.push_back(f);
-        }
-        std::unique_lock lock(mutex);
-        callbacks.erase(std::find(callbacks.begin(), callbacks.end(), f));
-    }
-};
-
-#if CBM_BENCH_HAVE_BOOST
-struct BoostSignals2 {
-    boost::signals2::signal<void(int)> signal;
-    void setup() {
-        for (int i = 0; i < kCallbacks; ++i) signal.connect(kBody);
-    }
-    void emit(int x) { signal(x); }
-    void churn() { signal.connect(kBody).disconnect(); }
-};
-#endif
 
 // Emit of 8 callbacks on the measured thread while a second thread churns.
 template <class Peer>
 void emit_while_churning(benchmark::State& state) {
     Peer peer;
-    peer.setup();
+    peer.setup(kCallbacks);
     std::atomic<bool> stop{false};
     std::thread churner([&] {
         while (!stop.load(std::memory_order_relaxed)) peer.churn();
@@ -83,12 +32,11 @@ void emit_while_churning(benchmark::State& state) {
 
 // The unsynchronized floor, without churn (it cannot churn safely).
 void floor_without_churn(benchmark::State& state) {
-    std::vector<std::function<void(int)>> callbacks(kCallbacks, kBody);
+    FloorLoop floor;
+    floor.setup(kCallbacks);
     int x = 1;
     benchmark::DoNotOptimize(x);
-    for (auto _ : state) {
-        for (auto& f : callbacks) f(x);
-    }
+    for (auto _ : state) floor.emit(x);
 }
 
 // Latency of add + blocking unregister while another thread triggers the

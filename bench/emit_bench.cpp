@@ -1,87 +1,11 @@
 // Emit cost: one trigger of N callbacks, from one and from two threads at
 // once on the same group. The floor is an unsynchronized loop over a
 // std::vector<std::function<void(int)>>.
-#include <cbm/callback_group.hpp>
-#include <cbm/callback_registry.hpp>
-
-#include <functional>
-#include <mutex>
-#include <shared_mutex>
-#include <vector>
-
-#include "bench_support.hpp"
-
-#if CBM_BENCH_HAVE_BOOST
-#include <boost/signals2/signal.hpp>
-#endif
-#if CBM_BENCH_HAVE_SIGCPP
-#include <sigc++/sigc++.h>
-#endif
+#include "peers.hpp"
 
 namespace {
 
-const auto kBody = [](int x) { cbm_bench::body(x); };
-
-struct FloorLoop {
-    std::vector<std::function<void(int)>> callbacks;
-    void setup(int n) {
-        for (int i = 0; i < n; ++i) callbacks.emplace_back(kBody);
-    }
-    void emit(int x) {
-        for (auto& f : callbacks) f(x);
-    }
-};
-
-struct SharedMutexVector {
-    std::shared_mutex mutex;
-    std::vector<std::function<void(int)>> callbacks;
-    void setup(int n) {
-        std::unique_lock lock(mutex);
-        for (int i = 0; i < n; ++i) callbacks.emplace_back(kBody);
-    }
-    void emit(int x) {
-        std::shared_lock lock(mutex);
-        for (auto& f : callbacks) f(x);
-    }
-};
-
-struct CbmGroup {
-    cbm::CallbackGroup<void(int)> group;
-    void setup(int n) {
-        for (int i = 0; i < n; ++i) group.add(kBody);
-    }
-    void emit(int x) { benchmark::DoNotOptimize(group.trigger(x).invoked); }
-};
-
-struct CbmRegistry {
-    cbm::CallbackRegistry<int, void(int)> registry;
-    void setup(int n) {
-        for (int key = 0; key < 64; ++key) registry.add(key + 1000, kBody);  // other keys present
-        for (int i = 0; i < n; ++i) registry.add(7, kBody);
-    }
-    void emit(int x) { benchmark::DoNotOptimize(registry.trigger(7, x).invoked); }
-};
-
-#if CBM_BENCH_HAVE_BOOST
-struct BoostSignals2 {
-    boost::signals2::signal<void(int)> signal;
-    void setup(int n) {
-        for (int i = 0; i < n; ++i) signal.connect(kBody);
-    }
-    void emit(int x) { signal(x); }
-};
-#endif
-
-#if CBM_BENCH_HAVE_SIGCPP
-// libsigc++ is not thread-safe: measured on one thread only.
-struct SigcSignal {
-    sigc::signal<void(int)> signal;
-    void setup(int n) {
-        for (int i = 0; i < n; ++i) signal.connect(kBody);
-    }
-    void emit(int x) { signal.emit(x); }
-};
-#endif
+using namespace cbm_bench;
 
 template <class Peer>
 void emit(benchmark::State& state) {
@@ -117,12 +41,12 @@ int main(int argc, char** argv) {
 #if CBM_BENCH_HAVE_BOOST
     register_emit<BoostSignals2>("emit/boost_signals2", 2);
 #else
-    cbm_bench::note_missing("Boost.Signals2", "libboost-dev");
+    note_missing("Boost.Signals2", "libboost-dev");
 #endif
 #if CBM_BENCH_HAVE_SIGCPP
     register_emit<SigcSignal>("emit/sigcpp_single_threaded", 1);
 #else
-    cbm_bench::note_missing("libsigc++ 3", "libsigc++-3.0-dev");
+    note_missing("libsigc++ 3", "libsigc++-3.0-dev");
 #endif
     benchmark::Initialize(&argc, argv);
     if (benchmark::ReportUnrecognizedArguments(argc, argv)) return 1;
