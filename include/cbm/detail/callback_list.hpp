@@ -81,7 +81,8 @@ struct NodeRetireHook : Retirable {
 // Two hooks per node, two lifetimes: `target_hook` is retired when the node
 // is detached and destroys the user's callable once no trigger can still be
 // running it; `retire_hook` is retired when the last array holding the node
-// is dropped and frees the node itself. The first is always retired first.
+// is dropped and drops the list's reference to the node. Each holds a
+// reference, so either may be reclaimed first.
 
 // Size of the type-erased callable stored in every node (a Callback<Sig> of
 // any signature: two function pointers and three pointers of storage).
@@ -169,7 +170,19 @@ inline void NodeBase::release_ref() noexcept {
     }
 }
 
-inline void reclaim_target(Retirable* r) noexcept { static_cast<NodeRetireHook*>(r)->node->destroy_target_once(); }
+// The target hook holds its own reference to the node (taken by
+// retire_target): batches of different threads may run out of retirement
+// order, so the node's memory must not depend on which hook goes first.
+inline void reclaim_target(Retirable* r) noexcept {
+    NodeBase* node = static_cast<NodeRetireHook*>(r)->node;
+    node->destroy_target_once();
+    node->release_ref();
+}
+
+inline void retire_target(NodeBase* n, RetireList& retired) noexcept {
+    n->add_ref();
+    retired.retire(&n->target_hook, &reclaim_target);
+}
 
 inline void reclaim_node(Retirable* r) noexcept {
     NodeBase* node = static_cast<NodeRetireHook*>(r)->node;
@@ -241,7 +254,7 @@ struct ListCore {
     // array once tombstones outnumber live callbacks.
     void remove(NodeBase* n, RetireList& retired) noexcept {
         n->core = nullptr;
-        retired.retire(&n->target_hook, &reclaim_target);
+        retire_target(n, retired);
         size.store(count() - 1, std::memory_order_relaxed);
         ++tombstones;
         if (tombstones > count() + 8) {
@@ -415,7 +428,7 @@ public:
             const std::uint32_t old = n->state.fetch_or(kUnregistered | kWaiter, std::memory_order_acq_rel);
             if ((old & kUnregistered) == 0) ++won;
             n->core = nullptr;
-            anchor.retired.retire(&n->target_hook, &reclaim_target);
+            retire_target(n, anchor.retired);
         });
         core.size.store(0, std::memory_order_relaxed);
         core.retire_all(anchor.retired);

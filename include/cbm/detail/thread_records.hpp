@@ -360,8 +360,9 @@ public:
     ReclaimBatch& operator=(const ReclaimBatch&) = delete;
     ~ReclaimBatch() { run(); }
 
-    // Keeps retirement order: an object retired earlier is reclaimed first
-    // (a node's callable is retired before the node's memory).
+    // Keeps retirement order within the batch. (Batches of different threads
+    // may run concurrently, in any order: no reclaim function may depend on
+    // another object's reclaim having run.)
     void append(Retirable* chain) noexcept {
         if (chain == nullptr) return;
         if (tail_ != nullptr) {
