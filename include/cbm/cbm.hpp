@@ -5,6 +5,7 @@
 #include "callback_group.hpp"
 #include "callback_registry.hpp"
 #include "error_policy.hpp"
+#include "once.hpp"
 #include "registration.hpp"
 #include "snapshot.hpp"
 #include "version.hpp"
