@@ -266,3 +266,18 @@ TEST_CASE("add, unregister, trigger, erase and clear race on a registry without 
     }
     REQUIRE(counter.errors == 0);
 }
+
+TEST_CASE("with cbm::string_hash a registry of string keys is triggered by string_view and literals", "[registry][lookup]") {
+    CallbackRegistry<std::string, void(int&), cbm::string_hash, std::equal_to<>> registry;
+    registry.add("order.shipped", [](int& hits) { ++hits; });
+    int hits = 0;
+    const std::string_view key = "order.shipped";
+    REQUIRE(registry.trigger(key, hits).invoked == 1);
+    REQUIRE(registry.trigger("order.shipped", hits).invoked == 1);
+    REQUIRE(registry.trigger(std::string("order.shipped"), hits).invoked == 1);
+    REQUIRE(registry.trigger(std::string_view("order.paid"), hits).invoked == 0);
+    std::stop_source stopped;
+    stopped.request_stop();
+    REQUIRE(registry.trigger(stopped.get_token(), key, hits).stopped);
+    REQUIRE(hits == 3);
+}

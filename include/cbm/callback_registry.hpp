@@ -18,6 +18,7 @@
 #include <memory>
 #include <mutex>
 #include <stop_token>
+#include <string_view>
 #include <type_traits>
 #include <utility>
 #include <vector>
@@ -29,6 +30,25 @@
 #include "registration.hpp"
 
 namespace cbm {
+
+// A transparent hash for string keys: with it and std::equal_to<>,
+// CallbackRegistry<std::string, Sig, cbm::string_hash, std::equal_to<>> looks
+// keys up by std::string_view or string literal without building a
+// std::string per trigger.
+struct string_hash {
+    using is_transparent = void;
+    std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
+};
+
+namespace detail {
+// K can look up a Key without conversion: both functors are transparent.
+template <class Hash, class KeyEqual, class K, class Key>
+concept transparent_lookup = requires {
+    typename Hash::is_transparent;
+    typename KeyEqual::is_transparent;
+} && !std::is_same_v<std::remove_cvref_t<K>, Key> && std::is_invocable_r_v<std::size_t, const Hash&, const K&> &&
+                             std::is_invocable_r_v<bool, const KeyEqual&, const Key&, const K&>;
+}  // namespace detail
 
 template <class Key, class Signature, class Hash = std::hash<Key>, class KeyEqual = std::equal_to<Key>>
 class CallbackRegistry;
@@ -95,6 +115,19 @@ public:
 
     // Effect: as trigger(key, args...), checking `token` before each callback.
     TriggerResult trigger(const std::stop_token& token, const Key& key, Args... args) {
+        return run(key, [&token] { return token.stop_requested(); }, args...);
+    }
+
+    // Heterogeneous lookup (for example std::string_view against std::string
+    // keys) when Hash and KeyEqual are both transparent; see cbm::string_hash.
+    template <class K>
+        requires detail::transparent_lookup<Hash, KeyEqual, K, Key>
+    TriggerResult trigger(const K& key, Args... args) {
+        return run(key, detail::NeverStop{}, args...);
+    }
+    template <class K>
+        requires detail::transparent_lookup<Hash, KeyEqual, K, Key>
+    TriggerResult trigger(const std::stop_token& token, const K& key, Args... args) {
         return run(key, [&token] { return token.stop_requested(); }, args...);
     }
 
@@ -204,8 +237,8 @@ private:
     static void reclaim_link(detail::Retirable* r) noexcept { delete static_cast<Link*>(r); }
     static void reclaim_entry(detail::Retirable* r) noexcept { delete static_cast<Entry*>(r); }
 
-    template <class ShouldStop>
-    TriggerResult run(const Key& key, ShouldStop&& should_stop, Args&... args) {
+    template <class K, class ShouldStop>
+    TriggerResult run(const K& key, ShouldStop&& should_stop, Args&... args) {
         const std::size_t h = hash_(key);
         detail::TriggerScope scope(anchor_);
         Entry* entry = find(table_.load(std::memory_order_acquire), key, h);
@@ -213,7 +246,8 @@ private:
         return detail::run_list<signature>(scope, *entry, *anchor_, should_stop, args...);
     }
 
-    Entry* find(Table* table, const Key& key, std::size_t h) const {
+    template <class K>
+    Entry* find(Table* table, const K& key, std::size_t h) const {
         for (Link* l = table->bucket(h).load(std::memory_order_acquire); l != nullptr;
              l = l->next.load(std::memory_order_acquire)) {
             Entry* e = l->entry;
