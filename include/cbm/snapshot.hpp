@@ -209,11 +209,11 @@ private:
             return;
         }
         detail::writer_barrier();
-        const bool tag_seen = detail::slot_holds(tag(), nullptr);
+        const bool tag_seen = detail::slot_holds(tag());
         bool kept_for_tag = false;
         auto keep = retired_.begin();
         for (const Block* b : retired_) {
-            if (detail::slot_holds(b, nullptr)) {
+            if (detail::slot_holds(b)) {
                 *keep++ = b;
             } else if (tag_seen) {
                 *keep++ = b;

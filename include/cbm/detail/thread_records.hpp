@@ -224,13 +224,11 @@ inline bool domain_named_elsewhere(const void* domain) {
     });
 }
 
-inline bool slot_holds(const void* value, const void* tag) {
-    return any_record(true, [&](ThreadRecord& r) {
+// True when some thread's hazard slot holds `value` (a Snapshot block or tag).
+inline bool slot_holds(const void* value) {
+    return any_record(true, [value](ThreadRecord& r) {
         bool hit = false;
-        for_each_slot(r, [&](std::atomic<const void*>& s) {
-            const void* v = s.load(std::memory_order_acquire);
-            hit = hit || (v != nullptr && (v == value || v == tag));
-        });
+        for_each_slot(r, [&](std::atomic<const void*>& s) { hit = hit || s.load(std::memory_order_acquire) == value; });
         return hit;
     });
 }
