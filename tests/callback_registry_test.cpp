@@ -3,10 +3,12 @@
 
 #include <catch2/catch.hpp>
 
+#include <algorithm>
 #include <atomic>
 #include <functional>
 #include <latch>
 #include <malloc.h>
+#include <map>
 #include <memory>
 #include <random>
 #include <stdexcept>
@@ -280,4 +282,69 @@ TEST_CASE("with cbm::string_hash a registry of string keys is triggered by strin
     stopped.request_stop();
     REQUIRE(registry.trigger(stopped.get_token(), key, hits).stopped);
     REQUIRE(hits == 3);
+}
+
+TEST_CASE("random operations on a registry match a simple model", "[registry][model]") {
+    struct Live {
+        int key;
+        int priority;
+        Registration handle;
+    };
+    std::mt19937 rng(2026);
+    for (int round = 0; round < 20; ++round) {
+        CallbackRegistry<int, void(std::vector<int>&)> registry;
+        std::map<int, Live> live;  // id -> callback; ids grow in registration order
+        int next_id = 0;
+        for (int step = 0; step < 400; ++step) {
+            const int key = static_cast<int>(rng() % 6);
+            switch (rng() % 6) {
+                case 0:
+                case 1: {
+                    const int id = next_id++;
+                    const int priority = static_cast<int>(rng() % 3);
+                    auto handle = registry.add(key, [id](std::vector<int>& out) { out.push_back(id); },
+                                               {.priority = priority});
+                    live.emplace(id, Live{key, priority, std::move(handle)});
+                    break;
+                }
+                case 2:
+                    if (!live.empty()) {
+                        auto it = std::next(live.begin(), static_cast<std::ptrdiff_t>(rng() % live.size()));
+                        REQUIRE(it->second.handle.unregister());
+                        live.erase(it);
+                    }
+                    break;
+                case 3: {
+                    std::vector<Registration> erased;
+                    for (auto it = live.begin(); it != live.end();) {
+                        if (it->second.key == key) {
+                            erased.push_back(it->second.handle);
+                            it = live.erase(it);
+                        } else {
+                            ++it;
+                        }
+                    }
+                    REQUIRE(registry.erase(key) == erased.size());
+                    for (auto& r : erased) REQUIRE(r.state() == CallbackState::unregistered);
+                    break;
+                }
+                default: {
+                    std::vector<std::pair<int, int>> entries;  // (priority, id)
+                    for (auto& [id, l] : live) {
+                        if (l.key == key) entries.emplace_back(l.priority, id);
+                    }
+                    std::stable_sort(entries.begin(), entries.end(), [](auto& x, auto& y) { return x.first > y.first; });
+                    std::vector<int> expected;
+                    for (auto& e : entries) expected.push_back(e.second);
+                    std::vector<int> seen;
+                    REQUIRE(registry.trigger(key, seen).invoked == expected.size());
+                    REQUIRE(seen == expected);
+                }
+            }
+            std::map<int, std::size_t> sizes;
+            for (auto& [id, l] : live) ++sizes[l.key];
+            REQUIRE(registry.key_count() == sizes.size());
+            for (int k = 0; k < 6; ++k) REQUIRE(registry.size(k) == (sizes.count(k) ? sizes[k] : 0u));
+        }
+    }
 }
