@@ -23,9 +23,7 @@ using cbm::CallbackRegistry;
 using cbm::CallbackState;
 using cbm::Registration;
 using cbm_test::Counter;
-using cbm_test::eventually;
 using cbm_test::BlockingCallback;
-using cbm_test::Gate;
 using cbm_test::Tracked;
 
 namespace {
