@@ -4,6 +4,8 @@
 #include "callback.hpp"
 #include "callback_group.hpp"
 #include "callback_registry.hpp"
+#include "context.hpp"
+#include "errc.hpp"
 #include "error_policy.hpp"
 #include "once.hpp"
 #include "registration.hpp"

@@ -1,0 +1,588 @@
+// cbm/context.hpp - Go's context package for C++20, built on std::stop_token.
+//
+//   auto [ctx, cancel] = cbm::with_cancel(cbm::Context::background());
+//   auto [tctx, tcancel] = cbm::with_timeout(ctx, 50ms);
+//   std::stop_token tok = tctx.done();   // works with std::stop_callback, std::jthread,
+//                                        // std::condition_variable_any
+//   cancel();                            // tctx is canceled too, before this returns
+//   tctx.err() == cbm::errc::canceled;   // and == std::errc::operation_canceled
+//
+// Semantics follow Go's context package (https://pkg.go.dev/context); the
+// C++ mapping:
+//   * A Context is a cheap, copyable, thread-safe handle (one counted
+//     pointer). A default-constructed or moved-from Context is background():
+//     never canceled, no deadline, no values.
+//   * Cancelling a context cancels all its descendants synchronously, before
+//     cancel() returns, and never affects its parent. A child of a canceled
+//     parent is born canceled. The first cancellation wins: err() and the
+//     cause never change afterwards.
+//   * done() is a std::stop_token of a std::stop_source owned by the nearest
+//     cancelable context; its stop is requested right after err() is set, so
+//     whoever sees stop_requested() also sees err(). std::stop_callbacks on
+//     it run on the cancelling thread, as the standard specifies.
+//   * A canceled context unlinks from its parent, so a long-lived parent
+//     holds only its live children.
+//   * As in Go, a cancelable context that is never canceled stays linked to
+//     its cancelable parent until that parent is canceled: call the
+//     CancelFunc when done (dropping it does not cancel).
+//   * Deadlines use std::chrono::steady_clock and one shared timer thread for
+//     the whole process, started on first use (detail/services.hpp).
+//
+// Thread safety: every function here may be called from any thread. A
+// Context, CancelFunc or StopFunc object may be used by several threads at
+// once, except that assigning to one object while others use it is a race
+// (as for std::shared_ptr).
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstdint>
+#include <exception>
+#include <mutex>
+#include <optional>
+#include <stdexcept>
+#include <stop_token>
+#include <string_view>
+#include <system_error>
+#include <type_traits>
+#include <utility>
+
+#include "callback.hpp"
+#include "detail/context_node.hpp"
+#include "detail/services.hpp"
+#include "errc.hpp"
+
+namespace cbm {
+
+class Context;
+class StopFunc;
+
+namespace detail {
+struct ContextAccess;
+inline thread_local const Context* current_context_slot = nullptr;
+
+// A with_value() node. Its key's type is T, so a key match identifies it.
+template <class T>
+struct ValueNode final : ContextNode {
+    template <class V>
+    ValueNode(const void* k, V&& v) : stored(std::forward<V>(v)) {
+        key = k;
+    }
+    T stored;
+};
+}  // namespace detail
+
+// A typed key for Context values (Go's context.WithValue key). Its identity
+// is the key object itself: two keys never collide, even with equal names
+// and types. Declare keys as objects that outlive every context using them,
+// typically `static const cbm::ContextKey<std::string> trace_id{"trace_id"};`.
+template <class T>
+class ContextKey {
+    static_assert(std::is_object_v<T> && !std::is_const_v<T>, "cbm::ContextKey<T>: T must be a non-const object type");
+
+public:
+    using value_type = T;
+    constexpr explicit ContextKey(std::string_view name) noexcept : name_(name) {}
+    ContextKey(const ContextKey&) = delete;
+    ContextKey& operator=(const ContextKey&) = delete;
+
+    // For diagnostics only; lookups compare addresses, never names.
+    constexpr std::string_view name() const noexcept { return name_; }
+
+private:
+    std::string_view name_;
+};
+
+// A handle to a node of a context tree (Go's context.Context).
+class Context {
+public:
+    using clock = std::chrono::steady_clock;
+
+    // Effect: background(). Never throws, allocates nothing.
+    Context() noexcept = default;
+    Context(const Context& other) noexcept : node_(other.node_) {
+        if (node_ != nullptr) node_->add_ref();
+    }
+    Context(Context&& other) noexcept : node_(std::exchange(other.node_, nullptr)) {}
+    Context& operator=(Context other) noexcept {
+        std::swap(node_, other.node_);
+        return *this;
+    }
+    ~Context() { detail::release(node_); }
+
+    // The root: never canceled, no deadline, no values (Go: Background()).
+    static Context background() noexcept { return Context(); }
+
+    // A token whose stop is requested when this context is canceled. For a
+    // context that can never be canceled (background, without_cancel and
+    // values on top of them) it is a token with stop_possible() == false.
+    // Never blocks.
+    std::stop_token done() const noexcept {
+        detail::CancelNode* c = canceler();
+        return c != nullptr ? c->source.get_token() : std::stop_token();
+    }
+
+    // Empty while active; then errc::canceled or errc::deadline_exceeded,
+    // forever. One acquire load; never blocks.
+    std::error_code err() const noexcept { return detail::error_of(detail::state_of(canceler())); }
+
+    // Shorthand for static_cast<bool>(err()).
+    bool canceled() const noexcept { return detail::state_of(canceler()) != detail::kActive; }
+
+    // The time at which this context is canceled with deadline_exceeded (the
+    // earliest deadline on its chain), if any.
+    std::optional<clock::time_point> deadline() const noexcept {
+        if (node_ == nullptr || node_->deadline == detail::kNoDeadline) return std::nullopt;
+        return node_->deadline;
+    }
+
+    // The value bound to `key` by the nearest with_value() up the chain, or
+    // nullptr. The pointee lives as long as any context that can reach it.
+    // Walks the chain (O(depth), as in Go); never blocks.
+    template <class T>
+    const T* value(const ContextKey<T>& key) const noexcept {
+        for (const detail::ContextNode* n = node_; n != nullptr; n = n->parent) {
+            if (n->key == &key) return &static_cast<const detail::ValueNode<T>*>(n)->stored;
+        }
+        return nullptr;
+    }
+
+    // Blocks until this context is canceled.
+    // Throws: std::logic_error if it can never be canceled (it would block
+    // forever: Go's `<-ctx.Done()` on Background()).
+    void wait() const {
+        std::stop_token token = done();
+        if (!token.stop_possible()) {
+            throw std::logic_error("cbm::Context::wait: this context can never be canceled");
+        }
+        if (token.stop_requested()) return;
+        std::mutex mutex;
+        std::condition_variable_any woken;
+        std::unique_lock<std::mutex> lock(mutex);
+        woken.wait(lock, token, [] { return false; });
+    }
+
+    // Blocks until this context is canceled or `timeout` has passed.
+    // Returns: true if canceled.
+    template <class Rep, class Period>
+    bool wait_for(const std::chrono::duration<Rep, Period>& timeout) const {
+        return wait_until(clock::now() + timeout);
+    }
+
+    // Blocks until this context is canceled or `time` is reached (any clock).
+    // Returns: true if canceled.
+    template <class Clock, class Duration>
+    bool wait_until(const std::chrono::time_point<Clock, Duration>& time) const {
+        std::stop_token token = done();
+        if (token.stop_requested()) return true;
+        std::mutex mutex;
+        std::condition_variable_any woken;
+        std::unique_lock<std::mutex> lock(mutex);
+        return woken.wait_until(lock, token, time, [&token] { return token.stop_requested(); });
+    }
+
+    // True if both handles name the same context.
+    friend bool operator==(const Context& a, const Context& b) noexcept { return a.node_ == b.node_; }
+
+    // ------------------------------------------------------------------
+    // End of public interface. Implementation details follow.
+
+private:
+    friend struct detail::ContextAccess;
+
+    explicit Context(detail::ContextNode* adopted) noexcept : node_(adopted) {}
+    detail::CancelNode* canceler() const noexcept { return node_ != nullptr ? node_->canceler : nullptr; }
+
+    detail::ContextNode* node_ = nullptr;
+};
+
+// Cancels its context (Go's context.CancelFunc). Copyable; every copy
+// cancels the same context.
+class CancelFunc {
+public:
+    CancelFunc() noexcept = default;  // does nothing when called
+    CancelFunc(const CancelFunc& other) noexcept : node_(other.node_) {
+        if (node_ != nullptr) node_->add_ref();
+    }
+    CancelFunc(CancelFunc&& other) noexcept : node_(std::exchange(other.node_, nullptr)) {}
+    CancelFunc& operator=(CancelFunc other) noexcept {
+        std::swap(node_, other.node_);
+        return *this;
+    }
+    ~CancelFunc() { detail::release(node_); }
+
+    // Effect: cancels the context with errc::canceled, unless it was
+    // canceled already. Idempotent and thread-safe. Every descendant is
+    // canceled before it returns. Never blocks on other threads (takes each
+    // affected context's mutex briefly); std::stop_callbacks registered on
+    // the contexts' tokens run inline, on this thread.
+    void operator()() const noexcept {
+        if (node_ != nullptr) detail::cancel_tree(node_, detail::kCanceled, nullptr);
+    }
+
+    // ------------------------------------------------------------------
+    // End of public interface. Implementation details follow.
+
+private:
+    friend struct detail::ContextAccess;
+    explicit CancelFunc(detail::CancelNode* counted) noexcept : node_(counted) {}
+
+    detail::CancelNode* node_ = nullptr;
+};
+
+// Cancels its context with a cause (Go's context.CancelCauseFunc).
+class CancelCauseFunc {
+public:
+    CancelCauseFunc() noexcept = default;
+    CancelCauseFunc(const CancelCauseFunc& other) noexcept : node_(other.node_) {
+        if (node_ != nullptr) node_->add_ref();
+    }
+    CancelCauseFunc(CancelCauseFunc&& other) noexcept : node_(std::exchange(other.node_, nullptr)) {}
+    CancelCauseFunc& operator=(CancelCauseFunc other) noexcept {
+        std::swap(node_, other.node_);
+        return *this;
+    }
+    ~CancelCauseFunc() { detail::release(node_); }
+
+    // Effect: as CancelFunc, and cause(ctx) reports `cause` (if this call is
+    // the first cancellation). A null cause reports an error equal to
+    // errc::canceled, as Go's cancel(nil) does.
+    void operator()(std::exception_ptr cause = nullptr) const noexcept {
+        if (node_ != nullptr) detail::cancel_tree(node_, detail::kCanceled, cause);
+    }
+
+    // Effect: as above with a std::system_error(code) as the cause (an empty
+    // code counts as no cause).
+    void operator()(std::error_code code) const {
+        (*this)(code ? std::make_exception_ptr(std::system_error(code)) : nullptr);
+    }
+
+private:
+    friend struct detail::ContextAccess;
+    explicit CancelCauseFunc(detail::CancelNode* counted) noexcept : node_(counted) {}
+
+    detail::CancelNode* node_ = nullptr;
+};
+
+namespace detail {
+
+// An after_func registration: a listener on the context, a task for the
+// runner, and what StopFunc points at.
+struct AfterFuncEntry final : CancelListener, RunnerTask {
+    static constexpr std::uint8_t kPending = 0;
+    static constexpr std::uint8_t kStopped = 1;
+    static constexpr std::uint8_t kStarted = 2;
+
+    explicit AfterFuncEntry(Callback<void()>&& f) noexcept : fn(std::move(f)) {}
+
+    std::atomic<std::uint32_t> refs{1};
+    std::atomic<std::uint8_t> state{kPending};  // pending -> stopped | started, once
+    Callback<void()> fn;                        // touched only by whoever moved state off pending
+    CancelNode* node = nullptr;                 // counted; null for a context never canceled
+
+    void add_ref() noexcept { refs.fetch_add(1, std::memory_order_relaxed); }
+
+    bool claim(std::uint8_t next) noexcept {
+        std::uint8_t expected = kPending;
+        return state.compare_exchange_strong(expected, next, std::memory_order_acq_rel);
+    }
+
+    // CancelListener: the context was canceled; run f elsewhere.
+    void fire() noexcept override {
+        add_ref();
+        AsyncRunner::shared().post(this);
+    }
+    bool obsolete() const noexcept override { return state.load(std::memory_order_acquire) != kPending; }
+    void release() noexcept override {
+        if (refs.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+            detail::release(node);
+            delete this;
+        }
+    }
+
+    // RunnerTask. An exception escaping f calls std::terminate (as it would
+    // on a std::thread): there is no caller to report it to.
+    void run() noexcept override {
+        if (claim(kStarted)) {
+            CallbackAccess::invoke(fn);
+            fn.reset();
+        }
+        release();
+    }
+    void discard() noexcept override { release(); }
+
+    bool stop() noexcept {
+        if (!claim(kStopped)) return false;
+        if (node != nullptr && remove_listener(node, this)) release();  // the list's reference
+        fn.reset();
+        return true;
+    }
+
+private:
+    ~AfterFuncEntry() = default;
+};
+
+// A CancelNode that is also canceled by an external std::stop_token.
+struct StopTokenNode final : CancelNode {
+    struct OnStop {
+        StopTokenNode* node;
+        void operator()() const noexcept { cancel_tree(node, kCanceled, nullptr); }
+    };
+    // Destroyed first (it is the last member), so a concurrent invocation
+    // finishes before the rest of the node goes.
+    std::optional<std::stop_callback<OnStop>> on_stop;
+};
+
+
+struct ContextAccess {
+    static ContextNode* node(const Context& c) noexcept { return c.node_; }
+    static CancelNode* canceler(const Context& c) noexcept { return c.canceler(); }
+    static Context adopt(ContextNode* n) noexcept { return Context(n); }
+
+    // A counted reference to the parent node, for a new child.
+    static ContextNode* parent_ref(const Context& parent) noexcept {
+        if (parent.node_ != nullptr) parent.node_->add_ref();
+        return parent.node_;
+    }
+
+    // Builds a cancelable child of `parent` (Go's WithCancel core).
+    template <class Node = CancelNode>
+    static std::pair<Context, Node*> make_cancelable(const Context& parent) {
+        auto* n = new Node();
+        attach_to_parent(n, parent_ref(parent));
+        n->canceler = n;
+        Context handle(n);  // owns the creation reference from here on
+        link_to_canceler(n, parent.canceler());
+        return {std::move(handle), n};
+    }
+
+    // Go's WithDeadlineCause core.
+    static std::pair<Context, CancelNode*> make_with_deadline(const Context& parent, steady_time own_deadline,
+                                                              std::exception_ptr deadline_cause) {
+        const steady_time inherited = parent.node_ != nullptr ? parent.node_->deadline : kNoDeadline;
+        if (!(own_deadline < inherited)) return make_cancelable(parent);  // the parent's comes first
+        auto* n = new TimedNode();
+        attach_to_parent(n, parent_ref(parent));
+        n->canceler = n;
+        Context handle(n);
+        n->deadline = own_deadline;
+        const bool expired = own_deadline <= std::chrono::steady_clock::now();
+        if (!expired) prepare_timer(n, deadline_cause);
+        link_to_canceler(n, parent.canceler());
+        if (expired) {
+            cancel_tree(n, kDeadlineExceeded, deadline_cause);
+        } else {
+            try {
+                arm_timer(n);
+            } catch (...) {
+                cancel_tree(n, kCanceled, nullptr);  // unlinks it from the parent
+                throw;
+            }
+        }
+        return {std::move(handle), n};
+    }
+
+    static StopFunc stop_func(AfterFuncEntry* adopted) noexcept;
+
+    static CancelFunc cancel_func(CancelNode* n) noexcept {
+        n->add_ref();
+        return CancelFunc(n);
+    }
+    static CancelCauseFunc cancel_cause_func(CancelNode* n) noexcept {
+        n->add_ref();
+        return CancelCauseFunc(n);
+    }
+};
+
+// now + d, saturated: huge timeouts mean "no deadline" instead of overflow.
+template <class Rep, class Period>
+steady_time deadline_after(const std::chrono::duration<Rep, Period>& d) {
+    const steady_time now = std::chrono::steady_clock::now();
+    using Wide = std::chrono::duration<long double, std::nano>;
+    const Wide wide = std::chrono::duration_cast<Wide>(d);
+    if (wide >= Wide(kNoDeadline - now)) return kNoDeadline;
+    // Far in the past: any time before now means "already expired".
+    if (wide <= -Wide(now.time_since_epoch())) return steady_time{};
+    return now + std::chrono::duration_cast<std::chrono::steady_clock::duration>(wide);
+}
+
+}  // namespace detail
+
+// Stops an after_func registration (the function Go's AfterFunc returns).
+class StopFunc {
+public:
+    StopFunc() noexcept = default;  // returns false when called
+    StopFunc(const StopFunc& other) noexcept : entry_(other.entry_) {
+        if (entry_ != nullptr) entry_->add_ref();
+    }
+    StopFunc(StopFunc&& other) noexcept : entry_(std::exchange(other.entry_, nullptr)) {}
+    StopFunc& operator=(StopFunc other) noexcept {
+        std::swap(entry_, other.entry_);
+        return *this;
+    }
+    ~StopFunc() {
+        if (entry_ != nullptr) entry_->release();
+    }
+
+    // Effect: f will not run, if it has not been started.
+    // Returns: true if and only if this call prevented f from running (false
+    // if f was started, or stop() was called before). Never waits for f.
+    bool operator()() const noexcept { return entry_ != nullptr && entry_->stop(); }
+
+    // ------------------------------------------------------------------
+    // End of public interface. Implementation details follow.
+
+private:
+    friend struct detail::ContextAccess;
+
+    explicit StopFunc(detail::AfterFuncEntry* adopted) noexcept : entry_(adopted) {}
+
+    detail::AfterFuncEntry* entry_ = nullptr;
+};
+
+inline StopFunc detail::ContextAccess::stop_func(detail::AfterFuncEntry* adopted) noexcept { return StopFunc(adopted); }
+
+// Go's WithCancel: a child that is canceled by the returned function or with
+// its parent. Throws: std::bad_alloc (nothing created).
+inline std::pair<Context, CancelFunc> with_cancel(const Context& parent) {
+    auto [ctx, node] = detail::ContextAccess::make_cancelable(parent);
+    return {std::move(ctx), detail::ContextAccess::cancel_func(node)};
+}
+
+// Go's WithCancelCause: as with_cancel; the function takes the cause that
+// cbm::cause() then reports.
+inline std::pair<Context, CancelCauseFunc> with_cancel_cause(const Context& parent) {
+    auto [ctx, node] = detail::ContextAccess::make_cancelable(parent);
+    return {std::move(ctx), detail::ContextAccess::cancel_cause_func(node)};
+}
+
+// Go's WithDeadlineCause: as with_cancel, and canceled with
+// errc::deadline_exceeded at `deadline` (steady clock); cause() then reports
+// `cause` (or, if null, an error equal to deadline_exceeded). Canceled
+// earlier by the function, it reports canceled. A deadline at or before now
+// gives a context that is already deadline_exceeded. If the parent's
+// deadline is earlier, the child simply inherits it (no timer of its own).
+// Throws: std::bad_alloc, or std::system_error if the timer thread cannot
+// be started (nothing created).
+inline std::pair<Context, CancelFunc> with_deadline_cause(const Context& parent,
+                                                          std::chrono::steady_clock::time_point deadline,
+                                                          std::exception_ptr cause) {
+    auto [ctx, node] = detail::ContextAccess::make_with_deadline(parent, deadline, std::move(cause));
+    return {std::move(ctx), detail::ContextAccess::cancel_func(node)};
+}
+
+// Go's WithDeadline.
+inline std::pair<Context, CancelFunc> with_deadline(const Context& parent,
+                                                    std::chrono::steady_clock::time_point deadline) {
+    return with_deadline_cause(parent, deadline, nullptr);
+}
+
+// Go's WithTimeoutCause: with_deadline_cause(parent, now + timeout, cause).
+// A zero or negative timeout gives a context that is already expired.
+template <class Rep, class Period>
+std::pair<Context, CancelFunc> with_timeout_cause(const Context& parent,
+                                                  const std::chrono::duration<Rep, Period>& timeout,
+                                                  std::exception_ptr cause) {
+    return with_deadline_cause(parent, detail::deadline_after(timeout), std::move(cause));
+}
+
+// Go's WithTimeout.
+template <class Rep, class Period>
+std::pair<Context, CancelFunc> with_timeout(const Context& parent, const std::chrono::duration<Rep, Period>& timeout) {
+    return with_timeout_cause(parent, timeout, nullptr);
+}
+
+// Go's WithValue: a child in which ctx.value(key) is the given value (a copy
+// of `value` converted to T); everything else passes through to `parent`.
+// Throws: what T's constructor throws, or std::bad_alloc.
+template <class T, class V>
+    requires std::is_constructible_v<T, V&&>
+Context with_value(const Context& parent, const ContextKey<T>& key, V&& value) {
+    auto* n = new detail::ValueNode<T>(&key, std::forward<V>(value));
+    detail::attach_to_parent(n, detail::ContextAccess::parent_ref(parent));
+    return detail::ContextAccess::adopt(n);
+}
+
+// Go's WithoutCancel: keeps the parent's values, but is never canceled, has
+// no deadline, and its done() token has stop_possible() == false.
+inline Context without_cancel(const Context& parent) {
+    auto* n = new detail::ContextNode();
+    n->parent = detail::ContextAccess::parent_ref(parent);  // values only: canceler and deadline stay empty
+    return detail::ContextAccess::adopt(n);
+}
+
+// A child that is canceled (errc::canceled) when `token` is stopped, when the
+// returned function is called, or with its parent: the bridge from a
+// std::jthread's or any std::stop_source's token into a context tree. If the
+// token is already stopped, the child is born canceled.
+inline std::pair<Context, CancelFunc> with_stop_token(const Context& parent, std::stop_token token) {
+    auto [ctx, node] = detail::ContextAccess::make_cancelable<detail::StopTokenNode>(parent);
+    if (token.stop_possible()) node->on_stop.emplace(std::move(token), detail::StopTokenNode::OnStop{node});
+    return {std::move(ctx), detail::ContextAccess::cancel_func(node)};
+}
+
+// Go's Cause: null while ctx is active; after cancellation, the cause given
+// to a CancelCauseFunc or with_*_cause (inherited from the ancestor whose
+// cancellation reached ctx), else an exception_ptr to a std::system_error
+// whose code equals ctx.err().
+inline std::exception_ptr cause(const Context& ctx) {
+    detail::CancelNode* c = detail::ContextAccess::canceler(ctx);
+    const std::uint8_t state = detail::state_of(c);
+    if (state == detail::kActive) return nullptr;
+    return c->cause ? c->cause : detail::default_cause(state);
+}
+
+// Go's AfterFunc: `f()` runs once, after ctx is canceled, on a thread of the
+// shared runner (never on the thread that cancels; cancel() does not wait
+// for f, and f may block). If ctx is already canceled, f runs promptly,
+// likewise not inline. For a context that can never be canceled, f never
+// runs. Dropping the returned StopFunc does not unregister f; calling it
+// does. An exception escaping f calls std::terminate.
+// Throws: std::invalid_argument for an empty callable (null function
+// pointer, empty std::function); std::bad_alloc. Nothing is registered then.
+template <class F>
+    requires std::is_invocable_v<std::decay_t<F>&>
+StopFunc after_func(const Context& ctx, F&& f) {
+    Callback<void()> fn(std::forward<F>(f));
+    if (!fn) throw std::invalid_argument("cbm::after_func: empty callable");
+    auto* entry = new detail::AfterFuncEntry(std::move(fn));
+    StopFunc stop = detail::ContextAccess::stop_func(entry);
+    if (detail::CancelNode* c = detail::ContextAccess::canceler(ctx)) {
+        c->add_ref();
+        entry->node = c;
+        entry->add_ref();  // the listener list's reference
+        if (!detail::add_listener(c, entry)) {
+            entry->fire();  // already canceled: run it now, elsewhere
+            entry->release();
+        }
+    }
+    return stop;
+}
+
+// The context of the callbacks running on this thread: set by
+// CallbackGroup::trigger(ctx, ...) and CallbackRegistry::trigger(ctx, ...)
+// (and by ContextScope) for the duration of the call; background() where
+// none is set. The reference stays valid while that call runs; copy it to
+// keep it longer. Never blocks.
+inline const Context& current_context() noexcept {
+    static const Context* const background = new Context();
+    const Context* current = detail::current_context_slot;
+    return current != nullptr ? *current : *background;
+}
+
+// Makes `ctx` this thread's current_context() until destroyed, then restores
+// the previous one (scopes nest). `ctx` must outlive the scope. Not movable.
+class ContextScope {
+public:
+    explicit ContextScope(const Context& ctx) noexcept
+        : previous_(std::exchange(detail::current_context_slot, &ctx)) {}
+    ContextScope(const ContextScope&) = delete;
+    ContextScope& operator=(const ContextScope&) = delete;
+    ~ContextScope() { detail::current_context_slot = previous_; }
+
+private:
+    const Context* previous_;
+};
+
+}  // namespace cbm

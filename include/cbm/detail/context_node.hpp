@@ -1,0 +1,411 @@
+// cbm/detail/context_node.hpp - the nodes behind cbm::Context and the
+// cancellation of a context tree.
+//
+// Shape (Go's context package, in reference-counted nodes):
+//   * Every derived context is a ContextNode with a counted pointer to its
+//     parent. Background is the null node.
+//   * A CancelNode (with_cancel, with_deadline, with_stop_token ...) owns a
+//     std::stop_source: done() hands out its tokens. It registers with its
+//     nearest cancelable ancestor, the `link_parent`, which then holds a
+//     counted reference to it in a circular list of children, until either
+//     is canceled. Value and without_cancel nodes never register.
+//   * Cancelling a node (the first time) records err and cause, takes its
+//     children and listeners out, then - with no lock held - requests stop on
+//     its stop_source (running std::stop_callbacks), removes its timer, fires
+//     its listeners, cancels the children it took (iteratively, with a work
+//     list, so deep trees do not recurse), and finally unlinks itself from
+//     its parent.
+//
+// Memory ordering: everything a node's cancellation changes is written under
+// the node's mutex, and `err` is stored last with release. Readers that load
+// `err` with acquire and see it non-zero may read `cause` without the lock
+// (it never changes again). std::stop_source::request_stop() is called after
+// the store, so a thread that sees stop_requested() (an acquire load inside
+// the standard library) also sees `err`. A child is linked into its parent's
+// list under the parent's mutex only while the parent's `err` is zero, and
+// the parent's cancellation empties the list in the same critical section in
+// which it sets `err`: so a child is either taken (and canceled) by that
+// cancellation, or created afterwards and then born canceled.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <mutex>
+#include <optional>
+#include <stop_token>
+#include <system_error>
+#include <utility>
+
+#include "../errc.hpp"
+#include "services.hpp"
+
+namespace cbm::detail {
+
+using steady_time = std::chrono::steady_clock::time_point;
+inline constexpr steady_time kNoDeadline = steady_time::max();
+
+inline constexpr std::uint8_t kActive = 0;
+inline constexpr std::uint8_t kCanceled = static_cast<std::uint8_t>(errc::canceled);
+inline constexpr std::uint8_t kDeadlineExceeded = static_cast<std::uint8_t>(errc::deadline_exceeded);
+
+struct CancelNode;
+
+struct ContextNode {
+    std::atomic<std::uint32_t> refs{1};
+    ContextNode* parent = nullptr;     // counted; null when the parent is background
+    CancelNode* canceler = nullptr;    // nearest cancelable node, self included; kept alive by `parent` (or is this)
+    steady_time deadline = kNoDeadline;
+    const void* key = nullptr;         // value nodes (ValueNode<T>): the ContextKey's address
+
+    ContextNode() = default;
+    ContextNode(const ContextNode&) = delete;
+    ContextNode& operator=(const ContextNode&) = delete;
+    virtual ~ContextNode() = default;
+
+    void add_ref() noexcept { refs.fetch_add(1, std::memory_order_relaxed); }
+};
+
+// Drops one reference, and walks up the parent chain while counts reach zero
+// (a loop, not recursion: long chains must not overflow the stack).
+inline void release(ContextNode* n) noexcept {
+    while (n != nullptr && n->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+        ContextNode* parent = n->parent;
+        delete n;
+        n = parent;
+    }
+}
+
+// Makes `child` a child of `parent` (taking over one reference to `parent`)
+// and copies what it inherits.
+inline void attach_to_parent(ContextNode* child, ContextNode* parent) noexcept {
+    child->parent = parent;
+    if (parent != nullptr) {
+        child->canceler = parent->canceler;
+        child->deadline = parent->deadline;
+    }
+}
+
+// Something to run once when a CancelNode is canceled: an after_func, or the
+// link of a callback registered with {.context = ctx}. Intrusive, in a
+// circular list under the node's mutex.
+struct CancelListener {
+    CancelListener* prev = nullptr;
+    CancelListener* next = nullptr;
+    bool linked = false;  // under the node's mutex, while the node is active
+
+    // After the cancellation, on the canceling thread, with no lock held.
+    virtual void fire() noexcept = 0;
+    // True when firing would do nothing (pruned when the list grows).
+    virtual bool obsolete() const noexcept { return false; }
+    // Drops the list's reference (after fire(), or when removed).
+    virtual void release() noexcept = 0;
+
+protected:
+    CancelListener() = default;
+    ~CancelListener() = default;
+};
+
+// Circular doubly-linked list helpers, for CancelNode children and listeners.
+template <class T>
+void ring_push_back(T*& head, T* item) noexcept {
+    if (head == nullptr) {
+        item->prev = item->next = item;
+        head = item;
+        return;
+    }
+    item->prev = head->prev;
+    item->next = head;
+    head->prev->next = item;
+    head->prev = item;
+}
+template <class T>
+void ring_unlink(T*& head, T* item) noexcept {
+    if (item->next == item) {
+        head = nullptr;
+    } else {
+        item->prev->next = item->next;
+        item->next->prev = item->prev;
+        if (head == item) head = item->next;
+    }
+    item->prev = item->next = nullptr;
+}
+template <class T>
+T* ring_pop_front(T*& head) noexcept {
+    T* item = head;
+    if (item != nullptr) ring_unlink(head, item);
+    return item;
+}
+// Appends all of `other` to `head` (both rings; `other` becomes empty).
+template <class T>
+void ring_splice(T*& head, T*& other) noexcept {
+    if (other == nullptr) return;
+    if (head == nullptr) {
+        head = std::exchange(other, nullptr);
+        return;
+    }
+    T* head_tail = head->prev;
+    T* other_tail = other->prev;
+    head_tail->next = other;
+    other->prev = head_tail;
+    other_tail->next = head;
+    head->prev = other_tail;
+    other = nullptr;
+}
+
+// A mutex in one word (a futex-style lock on std::atomic wait/notify):
+// a context tree has one per cancelable node, so size matters more than
+// fairness. Critical sections are a few pointer updates.
+// Memory ordering: acquire on taking it, release on giving it back.
+class WordMutex {
+public:
+    void lock() noexcept {
+        std::uint32_t seen = kFree;
+        if (word_.compare_exchange_strong(seen, kLocked, std::memory_order_acquire)) return;
+        for (int spins = 0; spins < 64 && seen != kFree; ++spins) {
+            seen = word_.load(std::memory_order_relaxed);
+            if (seen == kFree && word_.compare_exchange_strong(seen, kLocked, std::memory_order_acquire)) return;
+        }
+        // Contended: announce a sleeper (kContended) and sleep until freed.
+        while (word_.exchange(kContended, std::memory_order_acquire) != kFree) {
+            word_.wait(kContended, std::memory_order_relaxed);
+        }
+    }
+    void unlock() noexcept {
+        if (word_.exchange(kFree, std::memory_order_release) == kContended) word_.notify_one();
+    }
+
+private:
+    static constexpr std::uint32_t kFree = 0;
+    static constexpr std::uint32_t kLocked = 1;
+    static constexpr std::uint32_t kContended = 2;
+    std::atomic<std::uint32_t> word_{kFree};
+};
+
+// The deadline timer of a CancelNode, pointing back at it, with the cause
+// to report when it fires.
+struct NodeTimer : TimerEntry {
+    CancelNode* node = nullptr;
+    std::exception_ptr cause;
+};
+
+struct CancelNode : ContextNode {
+    WordMutex mutex;
+    std::atomic<std::uint8_t> err{kActive};  // written under mutex, last; read with acquire anywhere
+    std::uint32_t listener_count = 0;        // under mutex
+    std::uint32_t prune_at = 16;             // under mutex
+    std::exception_ptr cause;                // written once under mutex, before err
+    std::stop_source source;
+    CancelNode* link_parent = nullptr;       // where this node is registered; kept alive by `parent`
+    CancelNode* prev = nullptr;              // siblings, under link_parent->mutex while linked
+    CancelNode* next = nullptr;
+    CancelNode* children = nullptr;          // ring, under mutex; each holds a reference
+    CancelListener* listeners = nullptr;     // ring, under mutex; each holds the list's reference
+    NodeTimer* timer = nullptr;              // immutable once published: the deadline timer, if any
+
+    CancelNode() { canceler = this; }
+
+    std::uint8_t state() const noexcept { return err.load(std::memory_order_acquire); }
+};
+
+// A CancelNode with a deadline timer of its own.
+struct TimedNode final : CancelNode {
+    NodeTimer own_timer;
+};
+
+// Returns the node's state, or kActive for background / never-canceled nodes.
+inline std::uint8_t state_of(const CancelNode* c) noexcept { return c == nullptr ? kActive : c->state(); }
+
+inline std::error_code error_of(std::uint8_t state) noexcept {
+    if (state == kActive) return {};
+    return make_error_code(static_cast<errc>(state));
+}
+
+// The cause reported when none was given: an error equal to err(). One
+// exception object per error, made once and never destroyed.
+inline std::exception_ptr default_cause(std::uint8_t state) {
+    static const std::exception_ptr* const canceled =
+        new std::exception_ptr(std::make_exception_ptr(std::system_error(make_error_code(errc::canceled))));
+    static const std::exception_ptr* const deadline =
+        new std::exception_ptr(std::make_exception_ptr(std::system_error(make_error_code(errc::deadline_exceeded))));
+    return state == kDeadlineExceeded ? *deadline : *canceled;
+}
+
+// Under `n->mutex` (n active): removes listeners that would do nothing, so a
+// long-lived context that sees many short-lived registrations stays small.
+// Returns them as a ring, to be released after unlocking.
+inline CancelListener* prune_listeners_locked(CancelNode* n) noexcept {
+    CancelListener* dropped = nullptr;
+    if (n->listeners != nullptr) {
+        CancelListener* l = n->listeners;
+        std::uint32_t remaining = n->listener_count;
+        for (std::uint32_t i = 0; i < remaining; ++i) {
+            CancelListener* following = l->next;
+            if (l->obsolete()) {
+                ring_unlink(n->listeners, l);
+                l->linked = false;
+                --n->listener_count;
+                ring_push_back(dropped, l);
+            }
+            l = following;
+        }
+    }
+    n->prune_at = n->listener_count * 2 > 16 ? n->listener_count * 2 : 16;
+    return dropped;
+}
+
+inline void release_listeners(CancelListener* ring) noexcept {
+    while (CancelListener* l = ring_pop_front(ring)) l->release();
+}
+
+// Effect: links `l` (taking over the list's reference) so it fires when `n`
+// is canceled. Returns false, linking nothing, if `n` is already canceled.
+inline bool add_listener(CancelNode* n, CancelListener* l) noexcept {
+    CancelListener* dropped = nullptr;
+    {
+        std::lock_guard<WordMutex> lock(n->mutex);
+        if (n->err.load(std::memory_order_relaxed) != kActive) return false;
+        if (n->listener_count + 1 > n->prune_at) dropped = prune_listeners_locked(n);
+        ring_push_back(n->listeners, l);
+        l->linked = true;
+        ++n->listener_count;
+    }
+    release_listeners(dropped);
+    return true;
+}
+
+// Effect: unlinks `l` if it is still waiting in `n`'s list.
+// Returns: true if it did (the caller now owns the list's reference).
+inline bool remove_listener(CancelNode* n, CancelListener* l) noexcept {
+    std::lock_guard<WordMutex> lock(n->mutex);
+    if (n->err.load(std::memory_order_relaxed) != kActive || !l->linked) return false;
+    ring_unlink(n->listeners, l);
+    l->linked = false;
+    --n->listener_count;
+    return true;
+}
+
+inline void remove_timer(CancelNode* n) noexcept;
+
+// Under nothing: the first cancellation of `n` wins. Moves `n`'s children
+// onto `work` (with their references) and returns its listeners.
+inline bool mark_canceled(CancelNode* n, std::uint8_t code, const std::exception_ptr& cause, CancelNode*& work,
+                          CancelListener*& listeners) noexcept {
+    std::lock_guard<WordMutex> lock(n->mutex);
+    if (n->err.load(std::memory_order_relaxed) != kActive) return false;
+    n->cause = cause;
+    n->err.store(code, std::memory_order_release);
+    ring_splice(work, n->children);
+    listeners = std::exchange(n->listeners, nullptr);
+    n->listener_count = 0;
+    return true;
+}
+
+// Steps after the state change, with no lock held.
+inline void finish_cancel(CancelNode* n, CancelListener* listeners) noexcept {
+    n->source.request_stop();
+    if (n->timer != nullptr) remove_timer(n);
+    while (CancelListener* l = ring_pop_front(listeners)) {
+        l->fire();
+        l->release();
+    }
+}
+
+// Effect: cancels `root` and every descendant with (code, cause), unless
+// `root` was canceled before; then unlinks `root` from its parent.
+// Returns: true if this call canceled `root`.
+// Never waits for other threads: it takes each node's mutex only briefly.
+// std::stop_callbacks registered on the tokens run on this thread, in here.
+inline bool cancel_tree(CancelNode* root, std::uint8_t code, const std::exception_ptr& cause) noexcept {
+    CancelNode* work = nullptr;
+    CancelListener* listeners = nullptr;
+    if (!mark_canceled(root, code, cause, work, listeners)) return false;
+    finish_cancel(root, listeners);
+    while (CancelNode* child = ring_pop_front(work)) {
+        listeners = nullptr;
+        if (mark_canceled(child, code, cause, work, listeners)) finish_cancel(child, listeners);
+        release(child);  // the reference its parent's list held
+    }
+    // Last: this may drop the final reference to `root`.
+    if (CancelNode* parent = root->link_parent) {
+        bool unlinked = false;
+        {
+            std::lock_guard<WordMutex> lock(parent->mutex);
+            if (parent->err.load(std::memory_order_relaxed) == kActive) {
+                ring_unlink(parent->children, root);
+                unlinked = true;
+            }
+        }
+        if (unlinked) release(root);
+    }
+    return true;
+}
+
+inline void expire_timer(TimerEntry* entry) noexcept;
+
+inline void remove_timer(CancelNode* n) noexcept {
+    if (TimerService::shared().remove(n->timer)) release(n);  // the timer's reference
+}
+
+inline void expire_timer(TimerEntry* entry) noexcept {
+    CancelNode* n = static_cast<NodeTimer*>(entry)->node;
+    cancel_tree(n, kDeadlineExceeded, n->timer->cause);
+    release(n);  // the timer's reference
+}
+
+// Effect: registers the new node `child` (whose parent fields are set) with
+// its nearest cancelable ancestor, or cancels it right away if that ancestor
+// is already canceled.
+inline void link_to_canceler(CancelNode* child, CancelNode* ancestor) noexcept {
+    if (ancestor == nullptr) return;
+    std::uint8_t inherited = kActive;
+    std::exception_ptr inherited_cause;
+    {
+        std::lock_guard<WordMutex> lock(ancestor->mutex);
+        inherited = ancestor->err.load(std::memory_order_relaxed);
+        if (inherited == kActive) {
+            child->link_parent = ancestor;
+            child->add_ref();  // the list's reference
+            ring_push_back(ancestor->children, child);
+        } else {
+            inherited_cause = ancestor->cause;
+        }
+    }
+    if (inherited != kActive) cancel_tree(child, inherited, inherited_cause);
+}
+
+// Before the node is linked anywhere: gives it a deadline timer, due at
+// n->deadline (which must be in the future). Armed by arm_timer().
+inline void prepare_timer(TimedNode* n, std::exception_ptr cause) noexcept {
+    n->own_timer.node = n;
+    n->own_timer.due = n->deadline;
+    n->own_timer.expire = &expire_timer;
+    n->own_timer.cause = std::move(cause);
+    n->timer = &n->own_timer;
+}
+
+// Effect: schedules the timer prepared above, with a reference for it.
+// Throws: what TimerService::schedule throws (nothing is scheduled then).
+inline void arm_timer(CancelNode* n) {
+    n->add_ref();
+    bool scheduled = false;
+    try {
+        // A node canceled already (by its parent) needs no timer.
+        scheduled = n->state() == kActive && TimerService::shared().schedule(n->timer);
+    } catch (...) {
+        release(n);
+        throw;
+    }
+    if (!scheduled) {
+        release(n);
+        return;
+    }
+    // A cancellation stores `err` before its remove_timer() takes the timer
+    // mutex. If that removal ran before our schedule(), we see `err` here
+    // and remove the timer ourselves; otherwise it removed the timer.
+    if (n->state() != kActive) remove_timer(n);
+}
+
+}  // namespace cbm::detail
