@@ -632,3 +632,135 @@ TEST_CASE("adding callbacks in ascending priority keeps the order and frees the 
     REQUIRE(seen.size() == kCallbacks);
     REQUIRE(std::is_sorted(seen.rbegin(), seen.rend()));
 }
+
+// ---------------------------------------------------------------------------
+// Contexts
+
+namespace {
+const cbm::ContextKey<std::string> request_id{"request_id"};
+}
+
+TEST_CASE("trigger(ctx) stops before the next callback once ctx is canceled, and says so", "[group][context]") {
+    CallbackGroup<void()> group;
+    auto [ctx, cancel] = cbm::with_cancel({});
+    int second_runs = 0;
+    group.add([cancel = cancel] { cancel(); });
+    group.add([&] { ++second_runs; });
+    group.add([&] { ++second_runs; });
+    const cbm::TriggerResult result = group.trigger(ctx);
+    REQUIRE(result.invoked == 1);
+    REQUIRE(result.skipped == 2);
+    REQUIRE(result.stopped);
+    REQUIRE(second_runs == 0);
+    // A canceled context runs nothing at all; background never stops.
+    REQUIRE(group.trigger(ctx).invoked == 0);
+    REQUIRE(group.trigger(cbm::Context::background()).invoked == 3);
+}
+
+TEST_CASE("while callbacks run, current_context() is the trigger's context, restored afterwards and when nested",
+          "[group][context]") {
+    CallbackGroup<void(int)> group;
+    const cbm::Context outer = cbm::with_value({}, request_id, "outer");
+    const cbm::Context inner = cbm::with_value({}, request_id, "inner");
+    std::vector<std::string> seen;
+    group.add([&](int depth) {
+        const std::string* id = cbm::current_context().value(request_id);
+        seen.push_back(id != nullptr ? *id : "none");
+        if (depth == 0) {
+            group.trigger(inner, 1);
+            const std::string* again = cbm::current_context().value(request_id);
+            seen.push_back(again != nullptr ? *again : "none");
+        }
+    });
+    group.trigger(outer, 0);
+    group.trigger(1);
+    REQUIRE(seen == std::vector<std::string>{"outer", "inner", "outer", "none"});
+    REQUIRE(cbm::current_context() == cbm::Context::background());
+}
+
+TEST_CASE("current_context() is restored when a callback throws", "[group][context]") {
+    CallbackGroup<void()> group(ErrorPolicy::rethrow);
+    const cbm::Context ctx = cbm::with_value({}, request_id, "abc");
+    group.add([] { throw std::runtime_error("boom"); });
+    REQUIRE_THROWS_AS(group.trigger(ctx), std::runtime_error);
+    REQUIRE(cbm::current_context() == cbm::Context::background());
+}
+
+TEST_CASE("a callback added with .context is unregistered when that context is canceled", "[group][context]") {
+    CallbackGroup<void()> group;
+    auto [ctx, cancel] = cbm::with_cancel({});
+    Counter counter;
+    int runs = 0;
+    Registration bound = group.add([&, t = Tracked(counter)] { ++runs; }, {.context = ctx});
+    Registration unbound = group.add([&] { ++runs; });
+    group.trigger();
+    REQUIRE(runs == 2);
+    cancel();
+    REQUIRE(bound.state() == CallbackState::unregistered);
+    REQUIRE(unbound.state() == CallbackState::registered);
+    REQUIRE(group.size() == 1);
+    group.trigger();
+    REQUIRE(runs == 3);
+    REQUIRE(eventually([&] { return counter.alive() == 0; }));  // the callable goes once no trigger can reach it
+}
+
+TEST_CASE("a callback added with an already canceled context is never registered", "[group][context]") {
+    CallbackGroup<void()> group;
+    auto [ctx, cancel] = cbm::with_cancel({});
+    cancel();
+    Counter counter;
+    int runs = 0;
+    Registration r = group.add([&, t = Tracked(counter)] { ++runs; }, {.name = "late", .context = ctx});
+    REQUIRE(r.state() == CallbackState::unregistered);
+    REQUIRE(r.name() == "late");
+    REQUIRE(group.empty());
+    REQUIRE(counter.alive() == 0);
+    group.trigger();
+    REQUIRE(runs == 0);
+    REQUIRE_FALSE(r.unregister());
+}
+
+TEST_CASE("many short-lived callbacks bound to one long-lived context do not accumulate in it", "[group][context]") {
+    CallbackGroup<void()> group;
+    auto [ctx, cancel] = cbm::with_cancel({});
+    for (int i = 0; i < 10'000; ++i) {
+        Registration r = group.add([] {}, {.context = ctx});
+        REQUIRE(r.unregister());
+    }
+    REQUIRE(cbm::detail::ContextAccess::canceler(ctx)->listener_count <= 32);
+    cancel();
+}
+
+TEST_CASE("cancel racing with triggers and adds of bound callbacks leaves every bound callback unregistered",
+          "[group][context][race]") {
+    for (int round = 0; round < 100; ++round) {
+        Counter counter;
+        {
+            CallbackGroup<void()> group;
+            auto [ctx, cancel] = cbm::with_cancel({});
+            std::atomic<bool> stop{false};
+            std::atomic<int> runs{0};
+            std::vector<Registration> bound;
+            std::mutex bound_mutex;
+            std::thread trigger_thread([&] {
+                while (!stop.load()) group.trigger();
+            });
+            std::thread add_thread([&, ctx = ctx] {
+                for (int i = 0; i < 20; ++i) {
+                    Registration r = group.add([&runs, t = Tracked(counter)] { runs.fetch_add(1); }, {.context = ctx});
+                    std::lock_guard<std::mutex> lock(bound_mutex);
+                    bound.push_back(r);
+                }
+            });
+            cancel();
+            add_thread.join();
+            stop = true;
+            trigger_thread.join();
+            REQUIRE(bound.size() == 20);
+            for (Registration& r : bound) REQUIRE(r.state() == CallbackState::unregistered);
+            REQUIRE(group.empty());
+        }
+        REQUIRE(counter.alive() == 0);
+        REQUIRE(counter.errors.load() == 0);
+    }
+}

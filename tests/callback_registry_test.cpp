@@ -346,3 +346,40 @@ TEST_CASE("random operations on a registry match a simple model", "[registry][mo
         }
     }
 }
+
+TEST_CASE("registry trigger(ctx, key) stops once ctx is canceled and exposes ctx as current_context()",
+          "[registry][context]") {
+    static const cbm::ContextKey<int> user{"user"};
+    cbm::CallbackRegistry<std::string, void(), cbm::string_hash, std::equal_to<>> registry;
+    auto [ctx, cancel] = cbm::with_cancel(cbm::with_value({}, user, 42));
+    std::vector<int> seen;
+    registry.add("login", [&, cancel = cancel] {
+        seen.push_back(*cbm::current_context().value(user));
+        cancel();
+    });
+    registry.add("login", [&] { seen.push_back(-1); });
+    const cbm::TriggerResult first = registry.trigger(ctx, std::string("login"));
+    REQUIRE(first.stopped);
+    REQUIRE(first.skipped == 1);
+    REQUIRE(seen == std::vector<int>{42});
+    REQUIRE(registry.trigger(ctx, std::string_view("login")).invoked == 0);
+    REQUIRE(cbm::current_context() == cbm::Context::background());
+}
+
+TEST_CASE("registry callbacks added with .context leave their key when the context is canceled",
+          "[registry][context]") {
+    cbm::CallbackRegistry<int, void()> registry;
+    auto [ctx, cancel] = cbm::with_cancel({});
+    int runs = 0;
+    registry.add(1, [&] { ++runs; }, {.context = ctx});
+    registry.add(2, [&] { ++runs; });
+    REQUIRE(registry.key_count() == 2);
+    cancel();
+    REQUIRE(registry.key_count() == 1);
+    registry.trigger(1);
+    REQUIRE(runs == 0);
+    cancel();
+    Registration late = registry.add(3, [&] { ++runs; }, {.context = ctx});
+    REQUIRE(late.state() == cbm::CallbackState::unregistered);
+    REQUIRE(registry.key_count() == 1);
+}

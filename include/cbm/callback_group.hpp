@@ -10,7 +10,9 @@
 #include <utility>
 
 #include "callback.hpp"
+#include "context.hpp"
 #include "detail/callback_list.hpp"
+#include "detail/context_binding.hpp"
 #include "detail/dispatch.hpp"
 #include "error_policy.hpp"
 #include "registration.hpp"
@@ -18,13 +20,17 @@
 namespace cbm {
 
 // Per-callback options. Fields are declared in this order so that designated
-// initializers work: {.priority = 10, .once = true, .name = "audit", .filter = f}.
+// initializers work: {.priority = 10, .once = true, .name = "audit", .filter = f,
+// .context = ctx}.
 template <class Signature>
 struct CallbackOptions {
     int priority = 0;    // higher runs first; equal priorities run in registration order
     bool once = false;   // run at most once across all threads, then become unregistered
     std::string name = {};  // reported in Failure::name
     typename detail::FilterOf<Signature>::type filter = {};  // run only where this returns true
+    // Unregistered (as by unregister_nowait) when this context is canceled;
+    // never registered if it is canceled already. Background: no effect.
+    Context context = {};
 };
 
 template <class Signature>
@@ -68,7 +74,10 @@ public:
     template <class F>
         requires std::is_invocable_v<std::decay_t<F>&, Args...>
     Registration add(F&& f, options_type options = {}) {
+        const Context bound = std::move(options.context);
+        detail::ContextBinding binding(bound);
         auto* node = detail::make_node<signature>(*anchor_, std::forward<F>(f), std::move(options));
+        if (binding.already_canceled()) return Registration(detail::make_unregistered(node));
         detail::ReclaimBatch batch;
         try {
             std::lock_guard<std::mutex> lock(anchor_->mutex);
@@ -79,7 +88,9 @@ public:
             node->release_ref();
             throw;
         }
-        return Registration(node);
+        Registration registration(node);
+        binding.attach(registration);
+        return registration;
     }
 
     // Effect: runs every registered callback in order (priority, then
@@ -95,6 +106,18 @@ public:
     // result has stopped == true.
     TriggerResult trigger(const std::stop_token& token, Args... args) {
         return run([&token] { return token.stop_requested(); }, args...);
+    }
+
+    // Effect: as trigger(args...), but checks `ctx` before each callback:
+    // once it is canceled, the remaining callbacks count as skipped and the
+    // result has stopped == true. While the callbacks run,
+    // cbm::current_context() on this thread is `ctx` (restored afterwards).
+    TriggerResult trigger(const Context& ctx, Args... args) {
+        const ContextScope scope(ctx);
+        if (const detail::CancelNode* c = detail::ContextAccess::canceler(ctx)) {
+            return run([c] { return c->state() != detail::kActive; }, args...);
+        }
+        return run(detail::NeverStop{}, args...);
     }
 
     // Effect: unregisters every callback and waits until none runs on another

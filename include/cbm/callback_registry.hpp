@@ -24,7 +24,9 @@
 #include <vector>
 
 #include "callback_group.hpp"
+#include "context.hpp"
 #include "detail/callback_list.hpp"
+#include "detail/context_binding.hpp"
 #include "detail/dispatch.hpp"
 #include "error_policy.hpp"
 #include "registration.hpp"
@@ -85,7 +87,10 @@ public:
     template <class F>
         requires std::is_invocable_v<std::decay_t<F>&, Args...>
     Registration add(const Key& key, F&& f, options_type options = {}) {
+        const Context bound = std::move(options.context);
+        detail::ContextBinding binding(bound);
         auto* node = detail::make_node<signature>(*anchor_, std::forward<F>(f), std::move(options));
+        if (binding.already_canceled()) return Registration(detail::make_unregistered(node));
         detail::ReclaimBatch batch;
         try {
             const std::size_t h = hash_(key);
@@ -105,7 +110,9 @@ public:
             node->release_ref();
             throw;
         }
-        return Registration(node);
+        Registration registration(node);
+        binding.attach(registration);
+        return registration;
     }
 
     // Effect: runs the callbacks registered under `key` (as CallbackGroup::trigger).
@@ -118,6 +125,11 @@ public:
         return run(key, [&token] { return token.stop_requested(); }, args...);
     }
 
+    // Effect: as trigger(key, args...), checking `ctx` before each callback
+    // and making it cbm::current_context() while they run (see
+    // CallbackGroup::trigger(ctx, ...)).
+    TriggerResult trigger(const Context& ctx, const Key& key, Args... args) { return run_in(ctx, key, args...); }
+
     // Heterogeneous lookup (for example std::string_view against std::string
     // keys) when Hash and KeyEqual are both transparent; see cbm::string_hash.
     template <class K>
@@ -129,6 +141,11 @@ public:
         requires detail::transparent_lookup<Hash, KeyEqual, K, Key>
     TriggerResult trigger(const std::stop_token& token, const K& key, Args... args) {
         return run(key, [&token] { return token.stop_requested(); }, args...);
+    }
+    template <class K>
+        requires detail::transparent_lookup<Hash, KeyEqual, K, Key>
+    TriggerResult trigger(const Context& ctx, const K& key, Args... args) {
+        return run_in(ctx, key, args...);
     }
 
     // Effect: unregisters every callback under `key` and waits as
@@ -244,6 +261,15 @@ private:
         Entry* entry = find(table_.load(std::memory_order_acquire), key, h);
         if (entry == nullptr) return TriggerResult{};
         return detail::run_list<signature>(scope, *entry, *anchor_, should_stop, args...);
+    }
+
+    template <class K>
+    TriggerResult run_in(const Context& ctx, const K& key, Args&... args) {
+        const ContextScope scope(ctx);
+        if (const detail::CancelNode* c = detail::ContextAccess::canceler(ctx)) {
+            return run(key, [c] { return c->state() != detail::kActive; }, args...);
+        }
+        return run(key, detail::NeverStop{}, args...);
     }
 
     template <class K>

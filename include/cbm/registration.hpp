@@ -37,6 +37,9 @@ template <class Signature>
 class CallbackGroup;
 template <class Key, class Signature, class Hash, class KeyEqual>
 class CallbackRegistry;
+namespace detail {
+struct RegistrationListener;
+}
 
 // A counted handle to one registered callback.
 // Safety: copies may be used from any threads at once; one Registration object
@@ -106,6 +109,7 @@ private:
     friend class CallbackGroup;
     template <class Key, class Signature, class Hash, class KeyEqual>
     friend class CallbackRegistry;
+    friend struct detail::RegistrationListener;
 
     // Adopts one reference already counted in the node.
     explicit Registration(detail::NodeBase* adopted) noexcept : node_(adopted) {}

@@ -369,6 +369,16 @@ inline void detach(NodeBase* n) {
     reclaim_soon(anchor, batch);
 }
 
+// A node that is never linked into a list (its context was canceled before
+// add()): its only reference is the returned handle's, which reports
+// `unregistered` from the start. Its callable is destroyed right away.
+inline NodeBase* make_unregistered(NodeBase* n) noexcept {
+    n->state.fetch_or(kUnregistered, std::memory_order_relaxed);
+    n->refs.store(1, std::memory_order_relaxed);
+    n->destroy_target_once();
+    return n;
+}
+
 inline void notify_waiters(NodeBase& n) noexcept {
     n.wake.fetch_add(1, std::memory_order_release);
     n.wake.notify_all();
