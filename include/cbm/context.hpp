@@ -179,7 +179,10 @@ public:
         std::mutex mutex;
         std::condition_variable_any woken;
         std::unique_lock<std::mutex> lock(mutex);
-        return woken.wait_until(lock, token, time, [&token] { return token.stop_requested(); });
+        woken.wait_until(lock, token, time, [&token] { return token.stop_requested(); });
+        // Not the call's result: libstdc++ 12 returns false when the stop
+        // request lands between its predicate check and its wait.
+        return token.stop_requested();
     }
 
     // True if both handles name the same context.
