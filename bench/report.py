@@ -18,6 +18,8 @@ UNIT = {"ns": 1.0, "us": 1e3, "ms": 1e6, "s": 1e9}
 
 LATENCY_COUNTERS = ("p50_ns", "p99_ns", "max_ns")
 latencies = OrderedDict()  # (family, impl, counter) -> [ns, ...]
+MEMORY_COUNTERS = ("bytes_rss", "bytes_heap")
+memory = OrderedDict()  # (family, impl, counter) -> [bytes, ...]
 
 
 def load(paths):
@@ -41,6 +43,9 @@ def load(paths):
             for counter in LATENCY_COUNTERS:
                 if counter in b:
                     latencies.setdefault((family, impl, counter), []).append(float(b[counter]))
+            for counter in MEMORY_COUNTERS:
+                if counter in b:
+                    memory.setdefault((family, impl, counter), []).append(float(b[counter]))
     return context, cells
 
 
@@ -70,8 +75,9 @@ def main(paths):
           "2 threads use both cores.")
     families = OrderedDict()
     latency_families = {family for (family, _, _) in latencies}
+    memory_families = {family for (family, _, _) in memory}
     for (family, impl, column), values in cells.items():
-        if family in latency_families:
+        if family in latency_families or family in memory_families:
             continue
         families.setdefault(family, OrderedDict()).setdefault(impl, OrderedDict())[column] = median(values)
     for family, impls in families.items():
@@ -105,6 +111,17 @@ def main(paths):
                 impls.setdefault(impl, {})[counter] = median(values)
         for impl, row in impls.items():
             print(f"| {impl} | " + " | ".join(f"{row.get(c, float('nan')):.0f}" for c in LATENCY_COUNTERS) + " |")
+
+    for family in sorted(memory_families):
+        print(f"\n### {family} (bytes per live object: resident set delta and heap bytes in use)\n")
+        print("| implementation | " + " | ".join(MEMORY_COUNTERS) + " |")
+        print("|---|" + "---:|" * len(MEMORY_COUNTERS))
+        impls = OrderedDict()
+        for (fam, impl, counter), values in memory.items():
+            if fam == family:
+                impls.setdefault(impl, {})[counter] = median(values)
+        for impl, row in impls.items():
+            print(f"| {impl} | " + " | ".join(f"{row.get(c, float('nan')):.0f}" for c in MEMORY_COUNTERS) + " |")
 
 
 if __name__ == "__main__":

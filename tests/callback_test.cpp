@@ -118,3 +118,13 @@ TEST_CASE("a mutable lambda keeps its state between calls", "[callback]") {
     next();
     REQUIRE(next() == 3);
 }
+
+namespace {
+int twice(int x) { return 2 * x; }
+}  // namespace
+
+TEST_CASE("a Callback can be built from a function named directly, which is never empty", "[callback]") {
+    cbm::Callback<int(int)> f(twice);
+    REQUIRE(f);
+    REQUIRE(f(21) == 42);
+}

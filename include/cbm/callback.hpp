@@ -33,7 +33,9 @@ struct is_callback<Callback<Sig>> : std::true_type {};
 // explicit bool conversion is false.
 template <class F>
 bool is_empty_callable(const F& f) noexcept {
-    if constexpr (std::is_pointer_v<F> || std::is_member_pointer_v<F>) {
+    if constexpr (std::is_function_v<F>) {
+        return false;  // a function itself (not a pointer) is never null
+    } else if constexpr (std::is_pointer_v<F> || std::is_member_pointer_v<F>) {
         return f == nullptr;
     } else if constexpr (is_callback<F>::value) {
         return !static_cast<bool>(f);
