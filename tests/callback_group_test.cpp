@@ -764,3 +764,20 @@ TEST_CASE("cancel racing with triggers and adds of bound callbacks leaves every 
         REQUIRE(counter.errors.load() == 0);
     }
 }
+
+TEST_CASE("a callback bound to a context that is dropped without cancel stays registered and leaks nothing",
+          "[group][context]") {
+    CallbackGroup<void()> group;
+    Counter counter;
+    int runs = 0;
+    Registration r;
+    {
+        auto [ctx, cancel] = cbm::with_cancel({});
+        r = group.add([&, t = Tracked(counter)] { ++runs; }, {.context = ctx});
+    }  // every handle of the context is gone: it can never be canceled
+    group.trigger();
+    REQUIRE(runs == 1);
+    REQUIRE(r.state() == CallbackState::registered);
+    REQUIRE(r.unregister());
+    REQUIRE(counter.alive() == 0);
+}

@@ -206,6 +206,9 @@ struct CancelNode : ContextNode {
     NodeTimer* timer = nullptr;              // immutable once published: the deadline timer, if any
 
     CancelNode() { canceler = this; }
+    // A node dropped without being canceled may still hold listeners that do
+    // not keep it alive (callback links); children and after_funcs do.
+    ~CancelNode() override;
 
     std::uint8_t state() const noexcept { return err.load(std::memory_order_acquire); }
 };
@@ -259,6 +262,8 @@ inline CancelListener* prune_listeners_locked(CancelNode* n) noexcept {
 inline void release_listeners(CancelListener* ring) noexcept {
     while (CancelListener* l = ring_pop_front(ring)) l->release();
 }
+
+inline CancelNode::~CancelNode() { release_listeners(listeners); }
 
 // Effect: links `l` (taking over the list's reference) so it fires when `n`
 // is canceled. Returns false, linking nothing, if `n` is already canceled.
