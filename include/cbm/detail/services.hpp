@@ -145,9 +145,12 @@ private:
                 continue;
             }
             TimerEntry* top = heap_.front();
-            if (top->due > clock::now()) {
-                thread_wakes_at_ = top->due;
-                wake_.wait_until(lock, top->due);
+            // A copy: the entry may be removed and freed while we sleep, and
+            // wait_until reads its deadline argument again after waking.
+            const clock::time_point due = top->due;
+            if (due > clock::now()) {
+                thread_wakes_at_ = due;
+                wake_.wait_until(lock, due);
                 continue;
             }
             thread_wakes_at_ = clock::time_point::min();  // awake: it looks again right after
