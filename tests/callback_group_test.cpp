@@ -781,3 +781,15 @@ TEST_CASE("a callback bound to a context that is dropped without cancel stays re
     REQUIRE(r.unregister());
     REQUIRE(counter.alive() == 0);
 }
+
+TEST_CASE("a callback that holds the only handle of its own binding context can be unregistered by that context",
+          "[group][context]") {
+    std::stop_source external;
+    CallbackGroup<void()> group;
+    {
+        auto [ctx, cancel] = cbm::with_stop_token({}, external.get_token());
+        group.add([ctx = ctx] { (void)ctx.canceled(); }, {.context = ctx});
+    }  // now the callable's captured copy is the last handle
+    external.request_stop();  // unregisters the callback, whose destruction frees the context
+    REQUIRE(group.empty());
+}

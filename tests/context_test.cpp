@@ -234,6 +234,74 @@ TEST_CASE("whoever sees done().stop_requested() also sees a non-empty err()", "[
     }
 }
 
+TEST_CASE("cancel returns only after a descendant that another thread is cancelling has reached its own children",
+          "[context][race]") {
+    auto [parent, cancel_parent] = cbm::with_cancel({});
+    auto [child, cancel_child] = cbm::with_cancel(parent);
+    auto [grandchild, cancel_grandchild] = cbm::with_cancel(child);
+    Gate in_callback;
+    Gate release_callback;
+    // Thread B cancels the child and is held inside a stop_callback on the
+    // child's token: the child is canceled, its own child not yet.
+    std::stop_callback hold(child.done(), [&] {
+        in_callback.open();
+        release_callback.wait();
+    });
+    std::thread b([cancel_child = cancel_child] { cancel_child(); });
+    in_callback.wait();
+    REQUIRE_FALSE(grandchild.canceled());
+    std::atomic<bool> parent_cancel_returned{false};
+    bool grandchild_canceled_at_return = false;
+    std::thread a([&, cancel_parent = cancel_parent] {
+        cancel_parent();
+        grandchild_canceled_at_return = grandchild.canceled();
+        parent_cancel_returned = true;
+    });
+    // A reaches the child and waits for B's cancellation to settle (white-box: the waiter bit).
+    cbm::detail::CancelNode* child_node = cbm::detail::ContextAccess::canceler(child);
+    const bool a_waits = eventually([&] { return (child_node->word.load() & cbm::detail::kSettleWaiter) != 0; });
+    const bool returned_early = parent_cancel_returned.load();
+    release_callback.open();
+    a.join();
+    b.join();
+    REQUIRE(a_waits);
+    REQUIRE_FALSE(returned_early);
+    REQUIRE(grandchild_canceled_at_return);
+}
+
+TEST_CASE("a cancel made from a stop_callback during another cancellation on the same thread does not wait for itself",
+          "[context]") {
+    auto [parent, cancel_parent] = cbm::with_cancel({});
+    auto [child, cancel_child] = cbm::with_cancel(parent);
+    auto [grandchild, cancel_grandchild] = cbm::with_cancel(child);
+    bool reentered = false;
+    std::stop_callback on_parent(parent.done(), [&, cancel_child = cancel_child] {
+        cancel_child();  // the child is not canceled yet: this call does it
+        cancel_grandchild();
+        reentered = true;
+    });
+    std::stop_callback on_grandchild(grandchild.done(), [&, cancel_parent = cancel_parent] {
+        cancel_parent();  // already canceled by this thread's outer call: must return, not wait
+    });
+    cancel_parent();
+    REQUIRE(reentered);
+    REQUIRE(grandchild.canceled());
+}
+
+TEST_CASE("a context whose last handle is dropped by its own cancellation is not used after it is freed",
+          "[context]") {
+    // Only a stop_callback's captured copy keeps the context alive; the
+    // external stop request cancels it, and the callback drops that copy.
+    std::stop_source external;
+    auto holder = std::make_unique<Context>(cbm::with_stop_token({}, external.get_token()).first);
+    std::unique_ptr<std::stop_callback<std::function<void()>>> drop_on_stop;
+    drop_on_stop = std::make_unique<std::stop_callback<std::function<void()>>>(
+        holder->done(), std::function<void()>([&holder] { holder.reset(); }));
+    external.request_stop();  // ASan reports a use after free if the cancellation holds no reference
+    REQUIRE(holder == nullptr);
+    drop_on_stop.reset();
+}
+
 TEST_CASE("a canceled child detaches: a million children created and canceled leave the parent holding none",
           "[context]") {
     auto [parent, cancel_parent] = cbm::with_cancel({});

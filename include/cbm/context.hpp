@@ -165,10 +165,10 @@ public:
 
     // Blocks until this context is canceled or `timeout` has passed.
     // Returns: true if canceled.
+    // A timeout too large for the clock waits as wait() does (and throws
+    // like it for a context that can never be canceled).
     template <class Rep, class Period>
-    bool wait_for(const std::chrono::duration<Rep, Period>& timeout) const {
-        return wait_until(clock::now() + timeout);
-    }
+    bool wait_for(const std::chrono::duration<Rep, Period>& timeout) const;
 
     // Blocks until this context is canceled or `time` is reached (any clock).
     // Returns: true if canceled.
@@ -257,8 +257,15 @@ public:
 
     // Effect: as above with a std::system_error(code) as the cause (an empty
     // code counts as no cause).
-    void operator()(std::error_code code) const {
-        (*this)(code ? std::make_exception_ptr(std::system_error(code)) : nullptr);
+    // Never throws: if the cause cannot be allocated, cancels without one.
+    void operator()(std::error_code code) const noexcept {
+        std::exception_ptr cause;
+        try {
+            if (code) cause = std::make_exception_ptr(std::system_error(code));
+        } catch (...) {
+            cause = nullptr;
+        }
+        (*this)(std::move(cause));
     }
 
 private:
@@ -330,7 +337,15 @@ private:
 struct StopTokenNode final : CancelNode {
     struct OnStop {
         StopTokenNode* node;
-        void operator()() const noexcept { cancel_tree(node, kCanceled, nullptr); }
+        // Holds a reference while cancelling: the cancellation may drop
+        // every other one. If the count already reached zero, the node is
+        // being destroyed by a thread that waits (in ~stop_callback) for
+        // this call: there is nothing left to cancel.
+        void operator()() const noexcept {
+            if (!node->try_add_ref()) return;
+            cancel_tree(node, kCanceled, nullptr);
+            release(node);  // may destroy the node, and this callback with it (allowed on its own thread)
+        }
     };
     // Destroyed first (it is the last member), so a concurrent invocation
     // finishes before the rest of the node goes.
@@ -404,6 +419,7 @@ steady_time deadline_after(const std::chrono::duration<Rep, Period>& d) {
     const steady_time now = std::chrono::steady_clock::now();
     using Wide = std::chrono::duration<long double, std::nano>;
     const Wide wide = std::chrono::duration_cast<Wide>(d);
+    if (wide != wide) return now;  // NaN: treat as zero (already expired)
     if (wide >= Wide(kNoDeadline - now)) return kNoDeadline;
     // Far in the past: any time before now means "already expired".
     if (wide <= -Wide(now.time_since_epoch())) return steady_time{};
@@ -443,6 +459,16 @@ private:
 
     detail::AfterFuncEntry* entry_ = nullptr;
 };
+
+template <class Rep, class Period>
+bool Context::wait_for(const std::chrono::duration<Rep, Period>& timeout) const {
+    const detail::steady_time until = detail::deadline_after(timeout);
+    if (until == detail::kNoDeadline) {
+        wait();
+        return true;
+    }
+    return wait_until(until);
+}
 
 inline StopFunc detail::ContextAccess::stop_func(detail::AfterFuncEntry* adopted) noexcept { return StopFunc(adopted); }
 

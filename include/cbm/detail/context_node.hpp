@@ -66,6 +66,16 @@ struct ContextNode {
     virtual ~ContextNode() = default;
 
     void add_ref() noexcept { refs.fetch_add(1, std::memory_order_relaxed); }
+
+    // Adds a reference unless the count already reached zero (the node is
+    // being destroyed). Returns whether it did.
+    bool try_add_ref() noexcept {
+        std::uint32_t seen = refs.load(std::memory_order_relaxed);
+        while (seen != 0) {
+            if (refs.compare_exchange_weak(seen, seen + 1, std::memory_order_relaxed)) return true;
+        }
+        return false;
+    }
 };
 
 // Drops one reference, and walks up the parent chain while counts reach zero
@@ -191,9 +201,18 @@ struct NodeTimer : TimerEntry {
     std::exception_ptr cause;
 };
 
+// CancelNode::word: the error code in the low byte, plus two flags.
+inline constexpr std::uint32_t kCodeMask = 0xFFu;
+inline constexpr std::uint32_t kSettled = 0x100u;  // the cancellation reached every descendant
+inline constexpr std::uint32_t kSettleWaiter = 0x200u;  // a thread sleeps until kSettled
+
 struct CancelNode : ContextNode {
     WordMutex mutex;
-    std::atomic<std::uint8_t> err{kActive};  // written under mutex, last; read with acquire anywhere
+    // The error code (kActive until canceled): written under mutex, last,
+    // with release; read with acquire anywhere. kSettled is added without
+    // the mutex by the thread that canceled this node, once all of its
+    // descendants are canceled too.
+    std::atomic<std::uint32_t> word{kActive};
     std::uint32_t listener_count = 0;        // under mutex
     std::uint32_t prune_at = 16;             // under mutex
     std::exception_ptr cause;                // written once under mutex, before err
@@ -210,7 +229,13 @@ struct CancelNode : ContextNode {
     // not keep it alive (callback links); children and after_funcs do.
     ~CancelNode() override;
 
-    std::uint8_t state() const noexcept { return err.load(std::memory_order_acquire); }
+    std::uint8_t state() const noexcept {
+        return static_cast<std::uint8_t>(word.load(std::memory_order_acquire) & kCodeMask);
+    }
+    // Under mutex (or where only the code matters and no ordering is needed).
+    std::uint8_t state_relaxed() const noexcept {
+        return static_cast<std::uint8_t>(word.load(std::memory_order_relaxed) & kCodeMask);
+    }
 };
 
 // A CancelNode with a deadline timer of its own.
@@ -271,7 +296,7 @@ inline bool add_listener(CancelNode* n, CancelListener* l) noexcept {
     CancelListener* dropped = nullptr;
     {
         std::lock_guard<WordMutex> lock(n->mutex);
-        if (n->err.load(std::memory_order_relaxed) != kActive) return false;
+        if (n->state_relaxed() != kActive) return false;
         if (n->listener_count + 1 > n->prune_at) dropped = prune_listeners_locked(n);
         ring_push_back(n->listeners, l);
         l->linked = true;
@@ -285,7 +310,7 @@ inline bool add_listener(CancelNode* n, CancelListener* l) noexcept {
 // Returns: true if it did (the caller now owns the list's reference).
 inline bool remove_listener(CancelNode* n, CancelListener* l) noexcept {
     std::lock_guard<WordMutex> lock(n->mutex);
-    if (n->err.load(std::memory_order_relaxed) != kActive || !l->linked) return false;
+    if (n->state_relaxed() != kActive || !l->linked) return false;
     ring_unlink(n->listeners, l);
     l->linked = false;
     --n->listener_count;
@@ -299,9 +324,9 @@ inline void remove_timer(CancelNode* n) noexcept;
 inline bool mark_canceled(CancelNode* n, std::uint8_t code, const std::exception_ptr& cause, CancelNode*& work,
                           CancelListener*& listeners) noexcept {
     std::lock_guard<WordMutex> lock(n->mutex);
-    if (n->err.load(std::memory_order_relaxed) != kActive) return false;
+    if (n->state_relaxed() != kActive) return false;
     n->cause = cause;
-    n->err.store(code, std::memory_order_release);
+    n->word.store(code, std::memory_order_release);
     ring_splice(work, n->children);
     listeners = std::exchange(n->listeners, nullptr);
     n->listener_count = 0;
@@ -318,27 +343,77 @@ inline void finish_cancel(CancelNode* n, CancelListener* listeners) noexcept {
     }
 }
 
+// Nesting of cancel_tree() calls on this thread: a std::stop_callback run by
+// a cancellation may itself cancel.
+inline thread_local int cancel_depth = 0;
+
+// By the thread that canceled `n`, once all of n's descendants are canceled.
+inline void settle(CancelNode* n) noexcept {
+    if ((n->word.fetch_or(kSettled, std::memory_order_acq_rel) & kSettleWaiter) != 0) n->word.notify_all();
+}
+
+// Returns once the cancellation of `n` (begun by another thread) has reached
+// all of n's descendants.
+inline void wait_settled(CancelNode* n) noexcept {
+    std::uint32_t seen = n->word.fetch_or(kSettleWaiter, std::memory_order_acq_rel) | kSettleWaiter;
+    while ((seen & kSettled) == 0) {
+        n->word.wait(seen, std::memory_order_acquire);
+        seen = n->word.load(std::memory_order_acquire);
+    }
+}
+
 // Effect: cancels `root` and every descendant with (code, cause), unless
-// `root` was canceled before; then unlinks `root` from its parent.
+// `root` was canceled before; then unlinks `root` from its parent. The
+// caller holds a reference to `root`.
 // Returns: true if this call canceled `root`.
-// Never waits for other threads: it takes each node's mutex only briefly.
-// std::stop_callbacks registered on the tokens run on this thread, in here.
+// Postcondition (Go's guarantee): when it returns, `root` and every
+// descendant are canceled - also where another thread's cancellation got to
+// a node first: it waits for that one to reach the node's descendants. The
+// exception is a call made from inside a std::stop_callback (or listener)
+// that a cancellation runs on this same thread: it does not wait, as the
+// work it would wait for may be its own caller's.
+// Takes each node's mutex only briefly; std::stop_callbacks registered on
+// the tokens run on this thread, in here, with no lock held.
 inline bool cancel_tree(CancelNode* root, std::uint8_t code, const std::exception_ptr& cause) noexcept {
-    CancelNode* work = nullptr;
+    const bool outermost = cancel_depth == 0;
+    CancelNode* work = nullptr;    // taken from parents' lists, with their references
+    CancelNode* done = nullptr;    // canceled by this call, to settle at the end
+    CancelNode* others = nullptr;  // canceled first by another thread, to wait for
     CancelListener* listeners = nullptr;
-    if (!mark_canceled(root, code, cause, work, listeners)) return false;
+    if (!mark_canceled(root, code, cause, work, listeners)) {
+        if (outermost) wait_settled(root);
+        return false;
+    }
+    ++cancel_depth;
     finish_cancel(root, listeners);
     while (CancelNode* child = ring_pop_front(work)) {
         listeners = nullptr;
-        if (mark_canceled(child, code, cause, work, listeners)) finish_cancel(child, listeners);
-        release(child);  // the reference its parent's list held
+        if (mark_canceled(child, code, cause, work, listeners)) {
+            finish_cancel(child, listeners);
+            ring_push_back(done, child);
+        } else {
+            ring_push_back(others, child);
+        }
     }
-    // Last: this may drop the final reference to `root`.
+    --cancel_depth;
+    // Wait below before settling above: waits only ever point down the
+    // tree, so two cancellations never wait for each other.
+    while (CancelNode* other = ring_pop_front(others)) {
+        if (outermost) wait_settled(other);
+        release(other);  // the reference its parent's list held
+    }
+    while (CancelNode* child = ring_pop_front(done)) {
+        settle(child);
+        release(child);
+    }
+    settle(root);
+    // Last, since waiting cancellations of the parent hold `root` in their
+    // lists until it is settled.
     if (CancelNode* parent = root->link_parent) {
         bool unlinked = false;
         {
             std::lock_guard<WordMutex> lock(parent->mutex);
-            if (parent->err.load(std::memory_order_relaxed) == kActive) {
+            if (parent->state_relaxed() == kActive) {
                 ring_unlink(parent->children, root);
                 unlinked = true;
             }
@@ -369,7 +444,7 @@ inline void link_to_canceler(CancelNode* child, CancelNode* ancestor) noexcept {
     std::exception_ptr inherited_cause;
     {
         std::lock_guard<WordMutex> lock(ancestor->mutex);
-        inherited = ancestor->err.load(std::memory_order_relaxed);
+        inherited = ancestor->state_relaxed();
         if (inherited == kActive) {
             child->link_parent = ancestor;
             child->add_ref();  // the list's reference

@@ -4,10 +4,13 @@
 // Both are started lazily, by the first deadline or the first after_func, and
 // are "immortal" objects (placement-new into static storage, never destroyed),
 // so a static Context destroyed after them can still remove its timer. Their
-// threads are stopped and joined by a guard object registered with the C++
-// runtime when the first thread starts: at program exit, after the statics
-// constructed later than that have been destroyed. Work scheduled after the
-// shutdown is discarded, never run.
+// threads are stopped by a guard object registered with the C++ runtime when
+// the first thread starts: at program exit, after the statics constructed
+// later than that have been destroyed. Work scheduled after the shutdown is
+// discarded, never run (deadlines no longer fire). A thread still inside user
+// code (a blocked after_func, a slow std::stop_callback on an expiring
+// context) one second into the shutdown is detached rather than joined, so
+// exit never hangs on it - as Go does not wait for goroutines.
 //
 // Synchronisation: each service has one mutex that protects all its fields;
 // callbacks (TimerEntry::expire, RunnerTask::run) are called without it.
@@ -24,6 +27,20 @@
 #include <vector>
 
 namespace cbm::detail {
+
+// How long the exit guards wait for user code still running on the services'
+// threads before detaching them.
+inline constexpr std::chrono::seconds kExitGrace{1};
+
+// Joins `t`, or detaches it when it is the calling thread or `still_busy`.
+inline void join_or_detach(std::thread& t, bool still_busy) noexcept {
+    if (!t.joinable()) return;
+    if (still_busy || t.get_id() == std::this_thread::get_id()) {
+        t.detach();
+    } else {
+        t.join();
+    }
+}
 
 // An object constructed on first use and never destroyed.
 template <class T>
@@ -107,27 +124,24 @@ public:
     // Effect: stops the thread and joins it (unless called on it). Pending
     // entries never expire. Idempotent.
     void shut_down() noexcept {
+        std::thread thread;
+        bool busy = false;
         {
-            std::lock_guard<std::mutex> lock(mutex_);
+            std::unique_lock<std::mutex> lock(mutex_);
             stopping_ = true;
             wake_.notify_all();
+            if (thread_.joinable() && thread_.get_id() != std::this_thread::get_id()) {
+                busy = !idle_.wait_for(lock, kExitGrace, [this] { return !expiring_; });
+            }
+            thread.swap(thread_);
         }
-        join_unless_self(thread_);
+        join_or_detach(thread, busy);
     }
 
     // ------------------------------------------------------------------
     // End of public interface. Implementation details follow.
 
 private:
-    static void join_unless_self(std::thread& t) noexcept {
-        if (!t.joinable()) return;
-        if (t.get_id() == std::this_thread::get_id()) {
-            t.detach();
-        } else {
-            t.join();
-        }
-    }
-
     static void register_exit_guard() {
         struct Guard {
             ~Guard() { shared().shut_down(); }
@@ -155,9 +169,12 @@ private:
             }
             thread_wakes_at_ = clock::time_point::min();  // awake: it looks again right after
             remove_at(0);
+            expiring_ = true;
             lock.unlock();
             top->expire(top);
             lock.lock();
+            expiring_ = false;
+            idle_.notify_all();
         }
     }
 
@@ -202,7 +219,9 @@ private:
 
     mutable std::mutex mutex_;
     std::condition_variable wake_;
+    std::condition_variable idle_;                                     // expiring_ became false
     std::vector<TimerEntry*> heap_;                                    // under mutex_
+    bool expiring_ = false;                                            // under mutex_: in expire()
     clock::time_point thread_wakes_at_ = clock::time_point::min();     // under mutex_
     bool stopping_ = false;                                            // under mutex_
     std::thread thread_;                                               // under mutex_
@@ -234,8 +253,9 @@ public:
     static AsyncRunner& shared() { return immortal<AsyncRunner>(); }
 
     // Effect: t->run() on a runner thread soon, or t->discard() if the runner
-    // was shut down. If no thread can be started and none exists, runs t on
-    // the caller's thread rather than losing it.
+    // was shut down. Last resort, when no thread can be started and none
+    // exists (resource exhaustion): runs t on the caller's thread rather
+    // than losing it.
     void post(RunnerTask* t) noexcept {
         {
             std::unique_lock<std::mutex> lock(mutex_);
@@ -244,13 +264,12 @@ public:
                 (tail_ != nullptr ? tail_->next_task : head_) = t;
                 tail_ = t;
                 ++queued_;
-                if (queued_ <= idle_) {
+                if (queued_ <= idle_threads_) {
                     ready_.notify_one();
                     return;
                 }
                 try {
                     if (this == &shared()) register_exit_guard();
-                    threads_.reserve(threads_.size() + 1);
                     threads_.emplace_back([this] { work(); });
                     return;
                 } catch (...) {
@@ -270,23 +289,20 @@ public:
     void shut_down() noexcept {
         RunnerTask* queued = nullptr;
         std::vector<std::thread> threads;
+        bool busy = false;
         {
-            std::lock_guard<std::mutex> lock(mutex_);
+            std::unique_lock<std::mutex> lock(mutex_);
             stopping_ = true;
             queued = std::exchange(head_, nullptr);
             tail_ = nullptr;
             queued_ = 0;
-            threads.swap(threads_);
             ready_.notify_all();
+            // Tasks running on this thread (shut_down called from one) never finish first.
+            busy = !idle_.wait_for(lock, kExitGrace, [this] { return running_ <= running_here(); });
+            threads.swap(threads_);
         }
         while (queued != nullptr) std::exchange(queued, queued->next_task)->discard();
-        for (std::thread& t : threads) {
-            if (t.get_id() == std::this_thread::get_id()) {
-                t.detach();
-            } else {
-                t.join();
-            }
-        }
+        for (std::thread& t : threads) join_or_detach(t, busy);
     }
 
     std::size_t thread_count() const {
@@ -323,27 +339,40 @@ private:
         std::unique_lock<std::mutex> lock(mutex_);
         for (;;) {
             while (head_ == nullptr && !stopping_) {
-                ++idle_;
+                ++idle_threads_;
                 ready_.wait(lock);
-                --idle_;
+                --idle_threads_;
             }
             if (stopping_) return;
             RunnerTask* t = head_;
             head_ = t->next_task;
             if (head_ == nullptr) tail_ = nullptr;
             --queued_;
+            ++running_;
             lock.unlock();
+            on_runner_thread() = true;
             t->run();
+            on_runner_thread() = false;
             lock.lock();
+            --running_;
+            idle_.notify_all();
         }
     }
 
+    static bool& on_runner_thread() noexcept {
+        thread_local bool running_a_task = false;
+        return running_a_task;
+    }
+    std::size_t running_here() const noexcept { return on_runner_thread() ? 1 : 0; }
+
     mutable std::mutex mutex_;
     std::condition_variable ready_;
+    std::condition_variable idle_;  // running_ dropped
     RunnerTask* head_ = nullptr;  // under mutex_
     RunnerTask* tail_ = nullptr;  // under mutex_
     std::size_t queued_ = 0;      // under mutex_
-    std::size_t idle_ = 0;        // under mutex_: threads waiting for a task
+    std::size_t idle_threads_ = 0;  // under mutex_: threads waiting for a task
+    std::size_t running_ = 0;       // under mutex_: tasks being run
     bool stopping_ = false;       // under mutex_
     std::vector<std::thread> threads_;  // under mutex_
 };
