@@ -6,12 +6,16 @@
 //                 requests stop on the child's source)
 //   context_memory bytes per live child context (1,000,000 children of one parent)
 //   trigger_ctx   CallbackGroup::trigger(ctx, ...) vs trigger(...) with 8 callbacks
+//   timer_lateness how late 10,000 pending timeouts fire (p50, p99, max)
 #include <cbm/callback_group.hpp>
 #include <cbm/context.hpp>
 
 #include <malloc.h>
 
+#include <algorithm>
+#include <atomic>
 #include <chrono>
+#include <cstdint>
 #include <cstddef>
 #include <cstdio>
 #include <memory>
@@ -192,6 +196,43 @@ void cbm_trigger_ctx(benchmark::State& state) {
     cancel();
 }
 
+// Timer lateness: 10,000 timeouts due over the next 100 ms, all pending at
+// once; each records (on the timer thread, through a std::stop_callback)
+// how long after its deadline it fired.
+void cbm_timer_lateness(benchmark::State& state) {
+    constexpr std::size_t kTimers = 10'000;
+    std::vector<std::int64_t> late_ns(kTimers);
+    for (auto _ : state) {
+        struct Record {
+            std::int64_t* slot;
+            std::chrono::steady_clock::time_point due;
+            std::atomic<std::size_t>* fired;
+            void operator()() const noexcept {
+                *slot = (std::chrono::steady_clock::now() - due).count();
+                fired->fetch_add(1, std::memory_order_release);
+                fired->notify_one();
+            }
+        };
+        std::atomic<std::size_t> fired{0};
+        std::vector<std::pair<cbm::Context, cbm::CancelFunc>> timeouts;
+        std::vector<std::unique_ptr<std::stop_callback<Record>>> records;
+        timeouts.reserve(kTimers);
+        records.reserve(kTimers);
+        const auto base = std::chrono::steady_clock::now() + 10ms;
+        for (std::size_t i = 0; i < kTimers; ++i) {
+            const auto due = base + std::chrono::microseconds((i * 7919) % 100'000);  // spread, shuffled
+            timeouts.push_back(cbm::with_deadline(cbm::Context::background(), due));
+            records.push_back(std::make_unique<std::stop_callback<Record>>(timeouts.back().first.done(),
+                                                                           Record{&late_ns[i], due, &fired}));
+        }
+        for (std::size_t seen = fired.load(); seen < kTimers; seen = fired.load()) fired.wait(seen);
+    }
+    std::sort(late_ns.begin(), late_ns.end());
+    state.counters["p50_ns"] = static_cast<double>(late_ns[kTimers / 2]);
+    state.counters["p99_ns"] = static_cast<double>(late_ns[kTimers * 99 / 100]);
+    state.counters["max_ns"] = static_cast<double>(late_ns.back());
+}
+
 }  // namespace
 
 BENCHMARK(floor_stop_source)->Name("cancel_one/floor_stop_source");
@@ -209,5 +250,7 @@ BENCHMARK(cbm_child_memory)->Name("context_memory/cbm_with_cancel")->Iterations(
 
 BENCHMARK(cbm_trigger)->Name("trigger_ctx/cbm_trigger");
 BENCHMARK(cbm_trigger_ctx)->Name("trigger_ctx/cbm_trigger_ctx");
+
+BENCHMARK(cbm_timer_lateness)->Name("timer_lateness/cbm_with_deadline_10000")->Iterations(1)->UseRealTime();
 
 BENCHMARK_MAIN();

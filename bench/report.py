@@ -6,7 +6,9 @@ implementation, a column per argument/thread count, each cell "ns (ratio)",
 where the ratio is to the family's baseline measured in the same run:
 the row whose name starts with "floor", else the first cbm row.
 Multi-threaded cells show the cost per operation per thread
-(Google Benchmark's real time per iteration times the thread count).
+(Google Benchmark's real time per iteration times the thread count), except
+for benchmarks that report an `ns_per_op` counter (read_mostly): they time
+their own threads, and the cell is wall time divided by all operations.
 """
 import json
 import os
@@ -19,6 +21,8 @@ UNIT = {"ns": 1.0, "us": 1e3, "ms": 1e6, "s": 1e9}
 LATENCY_COUNTERS = ("p50_ns", "p99_ns", "max_ns")
 latencies = OrderedDict()  # (family, impl, counter) -> [ns, ...]
 MEMORY_COUNTERS = ("bytes_rss", "bytes_heap")
+allocations = OrderedDict()  # (family, impl, column) -> [allocations per operation, ...]
+wall_families = set()  # families whose cells are wall ns per operation (ns_per_op counters)
 memory = OrderedDict()  # (family, impl, counter) -> [bytes, ...]
 
 
@@ -36,9 +40,17 @@ def load(paths):
             parts = b["run_name"].split("/")
             family, impl = parts[0], parts[1]
             threads = int(b.get("threads", 1))
-            args = [p for p in parts[2:] if p not in ("real_time",) and not p.startswith("threads:")]
-            column = "/".join(["N=" + a for a in args] + ([f"{threads} thr"] if threads > 1 or "threads:" in b["run_name"] else []))
-            ns = float(b["real_time"]) * UNIT[b.get("time_unit", "ns")] * threads
+            args = [p for p in parts[2:] if p not in ("real_time", "manual_time")
+                    and not p.startswith("threads:") and not p.startswith("iterations:")]
+            labels = [f"{a.split(':')[1]} {a.split(':')[0]}" if ":" in a else "N=" + a for a in args]
+            column = "/".join(labels + ([f"{threads} thr"] if threads > 1 or "threads:" in b["run_name"] else []))
+            if "ns_per_op" in b:  # benchmarks that time their own threads: wall time per operation
+                ns = float(b["ns_per_op"])
+                wall_families.add(family)
+            else:
+                ns = float(b["real_time"]) * UNIT[b.get("time_unit", "ns")] * threads
+            if "allocs_per_op" in b:
+                allocations.setdefault((family, impl, column or "-"), []).append(float(b["allocs_per_op"]))
             cells.setdefault((family, impl, column or "-"), []).append(ns)
             for counter in LATENCY_COUNTERS:
                 if counter in b:
@@ -88,7 +100,9 @@ def main(paths):
                     columns.append(c)
         baseline = next((i for i in impls if i.startswith("floor")), None) or next(
             (i for i in impls if i.startswith("cbm")), next(iter(impls)))
-        print(f"\n### {family} (ns per operation per thread; ratio to `{baseline}`)\n")
+        wall = family in wall_families
+        unit = "wall ns per operation, all threads together" if wall else "ns per operation per thread"
+        print(f"\n### {family} ({unit}; ratio to `{baseline}`)\n")
         print("| implementation | " + " | ".join(columns) + " |")
         print("|---|" + "---:|" * len(columns))
         for impl, row in impls.items():
@@ -112,6 +126,16 @@ def main(paths):
         for impl, row in impls.items():
             print(f"| {impl} | " + " | ".join(f"{row.get(c, float('nan')):.0f}" for c in LATENCY_COUNTERS) + " |")
 
+    alloc_families = OrderedDict()
+    for (family, impl, column), values in allocations.items():
+        alloc_families.setdefault(family, OrderedDict()).setdefault(impl, OrderedDict())[column] = median(values)
+    for family, impls in alloc_families.items():
+        columns = list(next(iter(impls.values())).keys())
+        print(f"\n### {family}: allocations per operation (counted by a replaced operator new)\n")
+        print("| implementation | " + " | ".join(columns) + " |")
+        print("|---|" + "---:|" * len(columns))
+        for impl, row in impls.items():
+            print(f"| {impl} | " + " | ".join(f"{row.get(c, float('nan')):.2g}" for c in columns) + " |")
     for family in sorted(memory_families):
         print(f"\n### {family} (bytes per live object: resident set delta and heap bytes in use)\n")
         print("| implementation | " + " | ".join(MEMORY_COUNTERS) + " |")
