@@ -1,5 +1,6 @@
-// Churn: register one callback and unregister it again, with 0 or 10,000
-// other callbacks present.
+// Churn: register one callback and unregister it again, with N = 1, 8, 64
+// or 10,000 other callbacks present; from one thread, and from two threads
+// at once on the same group (each churning its own callbacks).
 #include <memory>
 
 #include "peers.hpp"
@@ -10,15 +11,24 @@ using namespace cbm_bench;
 
 template <class Peer>
 void churn(benchmark::State& state) {
-    auto peer = std::make_unique<Peer>();
-    peer->setup(static_cast<int>(state.range(0)));
+    static Peer* peer = nullptr;
+    if (state.thread_index() == 0) {
+        peer = new Peer;
+        peer->setup(static_cast<int>(state.range(0)));
+    }
     for (auto _ : state) peer->churn();
     state.SetItemsProcessed(state.iterations());
+    if (state.thread_index() == 0) {
+        delete peer;
+        peer = nullptr;
+    }
 }
 
 template <class Peer>
-void register_churn(const char* name) {
-    benchmark::RegisterBenchmark(name, &churn<Peer>)->Arg(0)->Arg(10'000);
+void register_churn(const char* name, int max_threads = 2) {
+    auto* b = benchmark::RegisterBenchmark(name, &churn<Peer>);
+    b->Arg(1)->Arg(8)->Arg(64)->Arg(10'000)->UseRealTime();
+    for (int t = 1; t <= max_threads; ++t) b->Threads(t);
 }
 
 }  // namespace
@@ -34,7 +44,7 @@ int main(int argc, char** argv) {
     note_missing("Boost.Signals2", "libboost-dev");
 #endif
 #if CBM_BENCH_HAVE_SIGCPP
-    register_churn<SigcSignal>("churn/sigcpp_single_threaded");
+    register_churn<SigcSignal>("churn/sigcpp_single_threaded", 1);
 #else
     note_missing("libsigc++ 3", "libsigc++-3.0-dev");
 #endif

@@ -3,11 +3,12 @@
 # against the unsynchronized floor and the peers, then prints one Markdown
 # table per family with the ratios measured in the same run.
 #
-#   scripts/bench.sh           full run (medians of 9 repetitions, about 3 minutes)
+#   scripts/bench.sh           full run (medians of 9 repetitions, several minutes)
 #   scripts/bench.sh --quick   quick run (1 repetition, short timings)
 #   scripts/bench.sh --token   every benchmark for a token duration (CI: they build and run)
 #
-# Raw Google Benchmark JSON goes to build/release/bench-results/.
+# Raw Google Benchmark JSON, the report (report.md) and a plot of emit cost
+# against callback and thread count (emit.svg) go to build/release/bench-results/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
@@ -22,7 +23,7 @@ esac
 bash scripts/ensure-packages.sh g++ cmake ninja-build catch2 libbenchmark-dev python3 \
   libboost-dev libsigc++-3.0-dev pkg-config
 cmake --preset release >/dev/null
-cmake --build --preset release --target emit_bench churn_bench snapshot_bench contention_bench once_bench context_bench >&2
+cmake --build --preset release --target emit_bench churn_bench snapshot_bench contention_bench once_bench context_bench read_mostly_bench >&2
 
 case "$mode" in
   full)  flags=(--benchmark_repetitions=9 --benchmark_min_time=0.2 --benchmark_report_aggregates_only=true) ;;
@@ -32,7 +33,7 @@ esac
 
 out=build/release/bench-results
 mkdir -p "$out"
-for bench in emit_bench churn_bench snapshot_bench contention_bench once_bench context_bench; do
+for bench in emit_bench churn_bench snapshot_bench contention_bench once_bench context_bench read_mostly_bench; do
   echo "== $bench ($mode)" >&2
   "build/release/bench/$bench" "${flags[@]}" --benchmark_format=json --benchmark_out="$out/$bench.json" \
     --benchmark_out_format=json >/dev/null
@@ -43,4 +44,7 @@ case "$mode" in
   token) described="token run: timings meaningless" ;;
 esac
 CBM_BENCH_COMPILER="$(g++ --version | head -n 1)" CBM_BENCH_FLAGS="-O2 -DNDEBUG (preset release)" \
-  CBM_BENCH_MODE="$described" python3 bench/report.py "$out"/*.json
+  CBM_BENCH_MODE="$described" python3 bench/report.py "$out"/*.json | tee "$out/report.md"
+python3 bench/plot.py "$out/emit.svg" "$out/emit_bench.json"
+echo "" >&2
+echo "Raw JSON, this report (report.md) and the emit plot (emit.svg) are in $out/" >&2
