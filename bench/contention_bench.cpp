@@ -20,14 +20,27 @@ void emit_while_churning(benchmark::State& state) {
     Peer peer;
     peer.setup(kCallbacks);
     std::atomic<bool> stop{false};
+    std::atomic<bool> measuring{false};
+    std::atomic<long> churns{0};  // completed while the emits were timed
     std::thread churner([&] {
-        while (!stop.load(std::memory_order_relaxed)) peer.churn();
+        long done = 0;
+        while (!stop.load(std::memory_order_relaxed)) {
+            peer.churn();
+            if (measuring.load(std::memory_order_relaxed)) ++done;
+        }
+        churns.store(done);
     });
     int x = 1;
     benchmark::DoNotOptimize(x);
+    measuring.store(true);
     for (auto _ : state) peer.emit(x);
+    measuring.store(false);
     stop.store(true);
     churner.join();
+    // How hard the other thread churned: a lock that starves the writer
+    // makes emit look cheap.
+    state.counters["churns_per_emit"] =
+        static_cast<double>(churns.load()) / static_cast<double>(std::max<benchmark::IterationCount>(state.iterations(), 1));
 }
 
 // The unsynchronized floor, without churn (it cannot churn safely).

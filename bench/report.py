@@ -21,7 +21,12 @@ UNIT = {"ns": 1.0, "us": 1e3, "ms": 1e6, "s": 1e9}
 LATENCY_COUNTERS = ("p50_ns", "p99_ns", "max_ns")
 latencies = OrderedDict()  # (family, impl, counter) -> [ns, ...]
 MEMORY_COUNTERS = ("bytes_rss", "bytes_heap")
-allocations = OrderedDict()  # (family, impl, column) -> [allocations per operation, ...]
+# Per-operation counters shown in their own table after the timings.
+RATIO_COUNTERS = OrderedDict([
+    ("allocs_per_op", "allocations per operation (counted by a replaced operator new)"),
+    ("churns_per_emit", "add + unregister operations the other thread completed per emit (how hard it churned)"),
+])
+extra = OrderedDict()  # (family, counter, impl, column) -> [value, ...]
 wall_families = set()  # families whose cells are wall ns per operation (ns_per_op counters)
 memory = OrderedDict()  # (family, impl, counter) -> [bytes, ...]
 
@@ -49,8 +54,9 @@ def load(paths):
                 wall_families.add(family)
             else:
                 ns = float(b["real_time"]) * UNIT[b.get("time_unit", "ns")] * threads
-            if "allocs_per_op" in b:
-                allocations.setdefault((family, impl, column or "-"), []).append(float(b["allocs_per_op"]))
+            for counter in RATIO_COUNTERS:
+                if counter in b:
+                    extra.setdefault((family, counter, impl, column or "-"), []).append(float(b[counter]))
             cells.setdefault((family, impl, column or "-"), []).append(ns)
             for counter in LATENCY_COUNTERS:
                 if counter in b:
@@ -126,16 +132,16 @@ def main(paths):
         for impl, row in impls.items():
             print(f"| {impl} | " + " | ".join(f"{row.get(c, float('nan')):.0f}" for c in LATENCY_COUNTERS) + " |")
 
-    alloc_families = OrderedDict()
-    for (family, impl, column), values in allocations.items():
-        alloc_families.setdefault(family, OrderedDict()).setdefault(impl, OrderedDict())[column] = median(values)
-    for family, impls in alloc_families.items():
-        columns = list(next(iter(impls.values())).keys())
-        print(f"\n### {family}: allocations per operation (counted by a replaced operator new)\n")
+    tables = OrderedDict()
+    for (family, counter, impl, column), values in extra.items():
+        tables.setdefault((family, counter), OrderedDict()).setdefault(impl, OrderedDict())[column] = median(values)
+    for (family, counter), impls in tables.items():
+        columns = list(OrderedDict.fromkeys(c for row in impls.values() for c in row))
+        print(f"\n### {family}: {RATIO_COUNTERS[counter]}\n")
         print("| implementation | " + " | ".join(columns) + " |")
         print("|---|" + "---:|" * len(columns))
         for impl, row in impls.items():
-            print(f"| {impl} | " + " | ".join(f"{row.get(c, float('nan')):.2g}" for c in columns) + " |")
+            print(f"| {impl} | " + " | ".join(f"{row[c]:.2g}" if c in row else "n/a" for c in columns) + " |")
     for family in sorted(memory_families):
         print(f"\n### {family} (bytes per live object: resident set delta and heap bytes in use)\n")
         print("| implementation | " + " | ".join(MEMORY_COUNTERS) + " |")
