@@ -23,6 +23,7 @@ latencies = OrderedDict()  # (family, impl, counter) -> [ns, ...]
 MEMORY_COUNTERS = ("bytes_rss", "bytes_heap")
 # Per-operation counters shown in their own table after the timings.
 RATIO_COUNTERS = OrderedDict([
+    ("mops_per_s", "throughput, millions of operations per second (all threads)"),
     ("allocs_per_op", "allocations per operation (counted by a replaced operator new)"),
     ("churns_per_emit", "add + unregister operations the other thread completed per emit (how hard it churned)"),
 ])
@@ -141,7 +142,8 @@ def main(paths):
         print("| implementation | " + " | ".join(columns) + " |")
         print("|---|" + "---:|" * len(columns))
         for impl, row in impls.items():
-            print(f"| {impl} | " + " | ".join(f"{row[c]:.2g}" if c in row else "n/a" for c in columns) + " |")
+            fmt = "{:.0f}" if counter == "mops_per_s" else "{:.2g}"
+            print(f"| {impl} | " + " | ".join(fmt.format(row[c]) if c in row else "n/a" for c in columns) + " |")
     for family in sorted(memory_families):
         print(f"\n### {family} (bytes per live object: resident set delta and heap bytes in use)\n")
         print("| implementation | " + " | ".join(MEMORY_COUNTERS) + " |")
