@@ -6,6 +6,7 @@
 #include "callback_registry.hpp"
 #include "context.hpp"
 #include "errc.hpp"
+#include "histogram.hpp"
 #include "error_policy.hpp"
 #include "once.hpp"
 #include "registration.hpp"
