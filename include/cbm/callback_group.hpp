@@ -3,7 +3,9 @@
 #pragma once
 
 #include <cstddef>
+#include <memory>
 #include <mutex>
+#include <stdexcept>
 #include <stop_token>
 #include <string>
 #include <type_traits>
@@ -15,13 +17,14 @@
 #include "detail/context_binding.hpp"
 #include "detail/dispatch.hpp"
 #include "error_policy.hpp"
+#include "metrics.hpp"
 #include "registration.hpp"
 
 namespace cbm {
 
 // Per-callback options. Fields are declared in this order so that designated
 // initializers work: {.priority = 10, .once = true, .name = "audit", .filter = f,
-// .context = ctx}.
+// .context = ctx, .labels = {{"team", "payments"}}}.
 template <class Signature>
 struct CallbackOptions {
     int priority = 0;    // higher runs first; equal priorities run in registration order
@@ -31,6 +34,9 @@ struct CallbackOptions {
     // Unregistered (as by unregister_nowait) when this context is canceled;
     // never registered if it is canceled already. Background: no effect.
     Context context = {};
+    // Metric labels (instrumented groups export them; see metrics.hpp).
+    // Throws std::invalid_argument from add() for a name Prometheus rejects.
+    Labels labels = {};
 };
 
 template <class Signature>
@@ -52,6 +58,9 @@ public:
 
     // Effect: an empty group with the given error policy (see ErrorPolicy).
     explicit CallbackGroup(ErrorPolicy policy = ErrorPolicy::collect) : anchor_(new detail::Anchor(policy)) {}
+    // Effect: an empty group with these options (error policy, metrics).
+    explicit CallbackGroup(GroupOptions options)
+        : anchor_(new detail::Anchor(options.error_policy, options.metrics, options.latency_sample_every)) {}
     CallbackGroup(const CallbackGroup&) = delete;
     CallbackGroup& operator=(const CallbackGroup&) = delete;
 
@@ -74,6 +83,7 @@ public:
     template <class F>
         requires std::is_invocable_v<std::decay_t<F>&, Args...>
     Registration add(F&& f, options_type options = {}) {
+        detail::check_labels(options.labels);
         const Context bound = std::move(options.context);
         detail::ContextBinding binding(bound);
         auto* node = detail::make_node<signature>(*anchor_, std::forward<F>(f), std::move(options));
@@ -145,6 +155,28 @@ public:
 
     ErrorPolicy error_policy() const noexcept { return anchor_->policy; }
 
+    // The numbers of every registered callback (see metrics.hpp). Takes the
+    // writer lock briefly; triggers go on meanwhile.
+    // Throws: std::logic_error unless constructed with GroupOptions::metrics.
+    MetricsSnapshot metrics() const {
+        require_metrics("metrics");
+        MetricsSnapshot snapshot;
+        std::lock_guard<std::mutex> lock(anchor_->mutex);
+        core_.for_each_node([&](detail::NodeBase* n) {
+            if (n->core == &core_ && n->stats != nullptr) snapshot.callbacks.push_back(detail::read_stats(*n->stats, n->name));
+        });
+        return snapshot;
+    }
+
+    // Effect: `observer` is told about every invocation from now on (null
+    // removes it). Observers set before stay alive until the group goes, as
+    // a trigger may still be calling one.
+    // Throws: std::logic_error unless constructed with GroupOptions::metrics.
+    void set_observer(std::shared_ptr<CallbackObserver> observer) {
+        require_metrics("set_observer");
+        anchor_->set_observer(std::move(observer));
+    }
+
     // Effect: `handler` receives every Failure from now on (pass {} to remove).
     // Safety: may be called while triggers run; a trigger uses the handler it
     // saw at its first failure.
@@ -154,6 +186,13 @@ public:
     // End of public interface. Implementation details follow.
 
 private:
+    void require_metrics(const char* what) const {
+        if (!anchor_->metrics) {
+            throw std::logic_error(std::string("cbm::CallbackGroup::") + what +
+                                   ": metrics are off; construct the group with GroupOptions{.metrics = true}");
+        }
+    }
+
     template <class ShouldStop>
     TriggerResult run(ShouldStop&& should_stop, Args&... args) {
         detail::TriggerScope scope(anchor_);

@@ -17,6 +17,9 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <sstream>
+#include <stdexcept>
+#include <string>
 #include <stop_token>
 #include <string_view>
 #include <type_traits>
@@ -32,6 +35,28 @@
 #include "registration.hpp"
 
 namespace cbm {
+
+namespace detail {
+
+// A registry key as metric label text.
+template <class Key>
+std::string key_text(const Key& key) {
+    if constexpr (std::is_convertible_v<const Key&, std::string_view>) {
+        return std::string(std::string_view(key));
+    } else if constexpr (std::is_arithmetic_v<Key>) {
+        return std::to_string(key);
+    } else if constexpr (std::is_enum_v<Key>) {
+        return std::to_string(static_cast<std::underlying_type_t<Key>>(key));
+    } else if constexpr (requires(std::ostream& os) { os << key; }) {
+        std::ostringstream out;
+        out << key;
+        return out.str();
+    } else {
+        return std::string();
+    }
+}
+
+}  // namespace detail
 
 // A transparent hash for string keys: with it and std::equal_to<>,
 // CallbackRegistry<std::string, Sig, cbm::string_hash, std::equal_to<>> looks
@@ -68,6 +93,13 @@ public:
         : hash_(std::move(hash)), equal_(std::move(equal)), anchor_(new detail::Anchor(policy)) {
         table_.store(Table::make(kMinBuckets), std::memory_order_relaxed);
     }
+    // Effect: an empty registry with these options (error policy, metrics).
+    explicit CallbackRegistry(GroupOptions options, Hash hash = Hash{}, KeyEqual equal = KeyEqual{})
+        : hash_(std::move(hash)),
+          equal_(std::move(equal)),
+          anchor_(new detail::Anchor(options.error_policy, options.metrics, options.latency_sample_every)) {
+        table_.store(Table::make(kMinBuckets), std::memory_order_relaxed);
+    }
     CallbackRegistry(const CallbackRegistry&) = delete;
     CallbackRegistry& operator=(const CallbackRegistry&) = delete;
 
@@ -87,9 +119,11 @@ public:
     template <class F>
         requires std::is_invocable_v<std::decay_t<F>&, Args...>
     Registration add(const Key& key, F&& f, options_type options = {}) {
+        detail::check_labels(options.labels);
         const Context bound = std::move(options.context);
         detail::ContextBinding binding(bound);
-        auto* node = detail::make_node<signature>(*anchor_, std::forward<F>(f), std::move(options));
+        auto* node = detail::make_node<signature>(*anchor_, std::forward<F>(f), std::move(options),
+                                                  anchor_->metrics ? detail::key_text(key) : std::string());
         if (binding.already_canceled()) return Registration(detail::make_unregistered(node));
         detail::ReclaimBatch batch;
         try {
@@ -193,6 +227,29 @@ public:
     // Number of keys that have at least one callback (a moment's value).
     std::size_t key_count() const noexcept { return key_count_.load(std::memory_order_relaxed); }
 
+    // The numbers of every registered callback of every key (see
+    // metrics.hpp; the key is rendered as text: strings as they are,
+    // numbers and enums in decimal, other types through operator<<, else
+    // empty). Takes the writer lock briefly; triggers go on meanwhile.
+    // Throws: std::logic_error unless constructed with GroupOptions::metrics.
+    MetricsSnapshot metrics() const {
+        require_metrics("metrics");
+        MetricsSnapshot snapshot;
+        std::lock_guard<std::mutex> lock(anchor_->mutex);
+        for_each_entry(table_.load(std::memory_order_relaxed), [&](Entry* e) {
+            e->for_each_node([&](detail::NodeBase* n) {
+                if (n->core == e && n->stats != nullptr) snapshot.callbacks.push_back(detail::read_stats(*n->stats, n->name));
+            });
+        });
+        return snapshot;
+    }
+
+    // Effect: as CallbackGroup::set_observer.
+    void set_observer(std::shared_ptr<CallbackObserver> observer) {
+        require_metrics("set_observer");
+        anchor_->set_observer(std::move(observer));
+    }
+
     // Every key that has at least one callback (a moment's copy).
     std::vector<Key> keys() const {
         std::vector<Key> result;
@@ -261,6 +318,13 @@ private:
         Entry* entry = find(table_.load(std::memory_order_acquire), key, h);
         if (entry == nullptr) return TriggerResult{};
         return detail::run_list<signature>(scope, *entry, *anchor_, should_stop, args...);
+    }
+
+    void require_metrics(const char* what) const {
+        if (!anchor_->metrics) {
+            throw std::logic_error(std::string("cbm::CallbackRegistry::") + what +
+                                   ": metrics are off; construct the registry with GroupOptions{.metrics = true}");
+        }
     }
 
     template <class K>

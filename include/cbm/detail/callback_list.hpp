@@ -58,6 +58,7 @@
 #include <vector>
 
 #include "../error_policy.hpp"
+#include "callback_stats.hpp"
 #include "thread_records.hpp"
 
 namespace cbm::detail {
@@ -66,6 +67,7 @@ inline constexpr std::uint32_t kUnregistered = 1u;
 inline constexpr std::uint32_t kWaiter = 2u;
 inline constexpr std::uint32_t kFiltered = 4u;  // immutable: the node has a filter
 inline constexpr std::uint32_t kOnce = 8u;      // immutable: the node runs at most once
+inline constexpr std::uint32_t kMeasured = 16u; // immutable: the node has CallbackStats
 
 struct ListCore;
 struct Anchor;
@@ -106,6 +108,7 @@ struct NodeBase {
     ListCore* core = nullptr;              // under the anchor mutex; null once detached
     Anchor* anchor = nullptr;              // counted reference, immutable
     std::string name;                      // immutable
+    CallbackStats* stats = nullptr;        // immutable; owned; set when the group is instrumented
     void (*destroy_target)(NodeBase*) noexcept = nullptr;
     void (*delete_node)(NodeBase*) noexcept = nullptr;
 
@@ -132,13 +135,18 @@ struct NodeBase {
 // one reference and every node one, so a Registration that outlives its group
 // can still lock the mutex and learn that the group is gone.
 struct Anchor {
-    explicit Anchor(ErrorPolicy p) : policy(p) {}
+    explicit Anchor(ErrorPolicy p, bool instrumented = false, std::uint32_t sample_every = 1)
+        : policy(p), metrics(instrumented), latency_sample_every(sample_every == 0 ? 1 : sample_every) {}
 
     std::mutex mutex;
     std::atomic<std::uint32_t> refs{1};
     bool alive = true;     // under mutex; false once the owner started destruction
     RetireList retired;    // under mutex
     const ErrorPolicy policy;
+    const bool metrics;                         // nodes get CallbackStats
+    const std::uint32_t latency_sample_every;   // time one invocation in this many, per thread
+    std::atomic<CallbackObserver*> observer{nullptr};        // read by triggers
+    std::vector<std::shared_ptr<CallbackObserver>> observers;  // under handler_mutex: every one ever set, kept alive
 
     std::mutex handler_mutex;
     std::shared_ptr<const ErrorHandler> handler;  // under handler_mutex
@@ -146,6 +154,13 @@ struct Anchor {
     void add_ref() noexcept { refs.fetch_add(1, std::memory_order_relaxed); }
     void release() noexcept {
         if (refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+    }
+    // Observers stay alive until the anchor goes: a trigger may still be
+    // calling the previous one.
+    void set_observer(std::shared_ptr<CallbackObserver> o) {
+        std::lock_guard<std::mutex> lock(handler_mutex);
+        if (o) observers.push_back(o);
+        observer.store(o.get(), std::memory_order_release);
     }
     std::shared_ptr<const ErrorHandler> error_handler() {
         std::lock_guard<std::mutex> lock(handler_mutex);

@@ -7,8 +7,10 @@
 
 #include <atomic>
 #include <cstddef>
+#include <chrono>
 #include <cstdint>
 #include <exception>
+#include <memory>
 #include <new>
 #include <stdexcept>
 #include <string>
@@ -37,7 +39,10 @@ struct Node final : NodeBase {
     typename FilterOf<Signature>::type filter;
 
     explicit Node(Fn&& f) noexcept { ::new (static_cast<void*>(callable)) Fn(std::move(f)); }
-    ~Node() { fn().~Fn(); }
+    ~Node() {
+        fn().~Fn();
+        delete stats;
+    }
 
     const Fn& fn() const noexcept { return *std::launder(reinterpret_cast<const Fn*>(callable)); }
     Fn& fn() noexcept { return *std::launder(reinterpret_cast<Fn*>(callable)); }
@@ -53,12 +58,17 @@ struct Node final : NodeBase {
 // Builds a node for `anchor`, not yet linked. Throws std::invalid_argument for
 // an empty callable, before anything is allocated.
 template <class Signature, class F, class Options>
-Node<Signature>* make_node(Anchor& anchor, F&& f, Options&& options) {
+Node<Signature>* make_node(Anchor& anchor, F&& f, Options&& options, std::string key_text = {}) {
     Callback<Signature> fn(std::forward<F>(f));
     if (!fn) throw std::invalid_argument("cbm: cannot register an empty callable");
+    std::unique_ptr<CallbackStats> stats;
+    if (anchor.metrics) stats = std::make_unique<CallbackStats>(std::move(key_text), std::move(options.labels));
     auto* node = new Node<Signature>(std::move(fn));
+    node->stats = stats.release();
     node->filter = std::move(options.filter);
-    node->state.store((node->filter ? kFiltered : 0u) | (options.once ? kOnce : 0u), std::memory_order_relaxed);
+    node->state.store((node->filter ? kFiltered : 0u) | (options.once ? kOnce : 0u) |
+                          (node->stats != nullptr ? kMeasured : 0u),
+                      std::memory_order_relaxed);
     node->priority = options.priority;
     node->name = std::move(options.name);
     node->destroy_target = &Node<Signature>::destroy_target_of;
@@ -86,7 +96,44 @@ Node<Signature>* make_node(Anchor& anchor, F&& f, Options&& options) {
 // What happened to one callback. `stop*`: the error policy ends the trigger.
 enum class Outcome : std::uint8_t { invoked, invoked_once, skipped, failed_filter, stop_in_filter, stop, stop_once };
 
-// The rarely taken part of the loop: a filter, or a `once` claim.
+// Runs the callable of a node on the special path, with metrics, sampling
+// and the observer where the node is instrumented. Returns the exception, if
+// any.
+template <class Signature, class... A>
+std::exception_ptr invoke_instrumented(Node<Signature>& node, Anchor& anchor, A&... args) {
+    CallbackStats* stats = node.stats;
+    if (stats == nullptr) {
+        try {
+            CallbackAccess::invoke(node.fn(), args...);
+        } catch (...) {
+            return std::current_exception();
+        }
+        return nullptr;
+    }
+    CallbackObserver* observer = anchor.observer.load(std::memory_order_acquire);
+    const CallbackEvent event{stats->key_text, node.name, stats->labels};
+    const bool timed = observer != nullptr || sample_this_call(anchor.latency_sample_every);
+    std::chrono::steady_clock::time_point start{};
+    if (timed) start = std::chrono::steady_clock::now();
+    if (observer != nullptr) observer->on_begin(event);
+    std::exception_ptr error;
+    try {
+        CallbackAccess::invoke(node.fn(), args...);
+    } catch (...) {
+        error = std::current_exception();
+    }
+    CallbackStats::bump(stats->invoked);
+    if (error) CallbackStats::bump(stats->failed);
+    if (timed) {
+        const auto duration = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start);
+        stats->latency.record(static_cast<std::uint64_t>(duration.count() < 0 ? 0 : duration.count()));
+        if (observer != nullptr) observer->on_end(event, duration, error);
+    }
+    return error;
+}
+
+// The rarely taken part of the loop: a filter, a `once` claim, or an
+// instrumented callback.
 template <class Signature, class... A>
 Outcome run_special(Node<Signature>& node, Anchor& anchor, TriggerResult& result, A&... args) {
     if ((node.state.load(std::memory_order_relaxed) & kFiltered) != 0) {
@@ -94,20 +141,22 @@ Outcome run_special(Node<Signature>& node, Anchor& anchor, TriggerResult& result
         try {
             selected = node.filter(args...);
         } catch (...) {
+            if (node.stats != nullptr) CallbackStats::bump(node.stats->failed);
             return record_failure(result, anchor, node, std::current_exception(), true) ? Outcome::stop_in_filter
                                                                                         : Outcome::failed_filter;
         }
-        if (!selected) return Outcome::skipped;
+        if (!selected) {
+            if (node.stats != nullptr) CallbackStats::bump(node.stats->skipped_filtered);
+            return Outcome::skipped;
+        }
     }
     const bool once = node.is_once();
     if (once && (node.state.fetch_or(kUnregistered, std::memory_order_acq_rel) & kUnregistered) != 0) {
         return Outcome::skipped;  // another thread claimed it
     }
     Outcome outcome = once ? Outcome::invoked_once : Outcome::invoked;
-    try {
-        CallbackAccess::invoke(node.fn(), args...);
-    } catch (...) {
-        if (record_failure(result, anchor, node, std::current_exception(), false)) {
+    if (std::exception_ptr error = invoke_instrumented(node, anchor, args...)) {
+        if (record_failure(result, anchor, node, std::move(error), false)) {
             outcome = once ? Outcome::stop_once : Outcome::stop;
         }
     }
@@ -119,11 +168,16 @@ Outcome run_special(Node<Signature>& node, Anchor& anchor, TriggerResult& result
     return outcome;
 }
 
-// Counts the callbacks in slots [from, end) that a stopped trigger does not reach.
-inline std::size_t count_unreached(std::atomic<NodeBase*>* from, std::atomic<NodeBase*>* end) noexcept {
+// Counts the callbacks in slots [from, end) that a stopped trigger does not
+// reach; `canceled`: stopped by its context or token (not by the policy).
+inline std::size_t count_unreached(std::atomic<NodeBase*>* from, std::atomic<NodeBase*>* end, bool canceled) noexcept {
     std::size_t n = 0;
     for (; from != end; ++from) {
-        if ((from->load(std::memory_order_acquire)->state.load(std::memory_order_relaxed) & kUnregistered) == 0) ++n;
+        NodeBase* node = from->load(std::memory_order_acquire);
+        if ((node->state.load(std::memory_order_relaxed) & kUnregistered) == 0) {
+            ++n;
+            if (canceled && node->stats != nullptr) CallbackStats::bump(node->stats->skipped_canceled);
+        }
     }
     return n;
 }
@@ -142,8 +196,12 @@ TriggerResult run_list_in(TriggerScope& scope, ListCore& core, Anchor& anchor, S
     std::size_t skipped = 0;
     std::atomic<NodeBase*>* slot = array->slots();
     std::atomic<NodeBase*>* const end = slot + array->count.load(std::memory_order_acquire);
+    bool canceled = false;
     for (; slot != end; ++slot) {
-        if (should_stop()) break;
+        if (should_stop()) {
+            canceled = true;
+            break;
+        }
         auto& node = static_cast<Node<Signature>&>(*slot->load(std::memory_order_acquire));
         scope.announce<Mode>(&node);
         const std::uint32_t state = node.state.load(std::memory_order_acquire);
@@ -174,7 +232,7 @@ TriggerResult run_list_in(TriggerScope& scope, ListCore& core, Anchor& anchor, S
     }
     if (slot != end) {  // stopped by the policy or the stop condition
         result.stopped = true;
-        skipped += count_unreached(slot, end);
+        skipped += count_unreached(slot, end, canceled);
     }
     result.invoked = invoked;
     result.skipped = skipped;

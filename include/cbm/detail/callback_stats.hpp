@@ -1,0 +1,73 @@
+// cbm/detail/callback_stats.hpp - the counters and the latency histogram of
+// one callback in an instrumented group or registry (GroupOptions::metrics).
+//
+// Memory ordering: every counter is a relaxed atomic; readers (metrics())
+// only need each value at some moment, never an ordering between them.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <exception>
+#include <string>
+#include <string_view>
+#include <utility>
+#include <vector>
+
+#include "../histogram.hpp"
+
+namespace cbm {
+
+// Metric labels of one callback, for example {{"team", "payments"}}.
+using Labels = std::vector<std::pair<std::string, std::string>>;
+
+// What an observer is told about one invocation.
+struct CallbackEvent {
+    std::string_view key;   // the registry key as text ("" for a group)
+    std::string_view name;  // CallbackOptions::name
+    const Labels& labels;   // CallbackOptions::labels
+};
+
+// Notified around every invocation of a callback of an instrumented group
+// or registry (GroupOptions::metrics), on the triggering thread: a bridge to
+// a logger or to OpenTelemetry spans. Must not throw; should be quick (it
+// runs inline, twice per callback).
+class CallbackObserver {
+public:
+    virtual ~CallbackObserver() = default;
+    virtual void on_begin(const CallbackEvent& event) noexcept = 0;
+    // `error` is null unless the callback threw.
+    virtual void on_end(const CallbackEvent& event, std::chrono::nanoseconds duration,
+                        const std::exception_ptr& error) noexcept = 0;
+};
+
+namespace detail {
+
+struct CallbackStats {
+    CallbackStats(std::string key, Labels l) : key_text(std::move(key)), labels(std::move(l)) {}
+
+    const std::string key_text;  // the registry key as text; empty in a group
+    const Labels labels;
+    std::atomic<std::uint64_t> invoked{0};           // started (filter passed), including those that threw
+    std::atomic<std::uint64_t> failed{0};            // threw (from the callback or its filter)
+    std::atomic<std::uint64_t> skipped_filtered{0};  // the filter said no
+    std::atomic<std::uint64_t> skipped_canceled{0};  // not reached: the trigger's context or token stopped it
+    LatencyHistogram latency;                        // sampled invocations, in ns
+
+    static void bump(std::atomic<std::uint64_t>& counter) noexcept { counter.fetch_add(1, std::memory_order_relaxed); }
+};
+
+// Decides which invocations are timed: one in `every` on each thread, so
+// that the clock reads (two per timed call) stay off most calls.
+inline bool sample_this_call(std::uint32_t every) noexcept {
+    thread_local std::uint32_t countdown = 0;
+    if (countdown == 0) {
+        countdown = every - 1;
+        return true;
+    }
+    --countdown;
+    return false;
+}
+
+}  // namespace detail
+}  // namespace cbm

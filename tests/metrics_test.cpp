@@ -1,0 +1,216 @@
+// Tests for cbm/metrics.hpp: per-callback metrics, observers, Prometheus text.
+#include <cbm/callback_group.hpp>
+#include <cbm/callback_registry.hpp>
+#include <cbm/metrics.hpp>
+
+#include <algorithm>
+
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <memory>
+#include <mutex>
+#include <sstream>
+#include <stdexcept>
+#include <string>
+#include <thread>
+#include <vector>
+
+using cbm::CallbackGroup;
+using cbm::CallbackMetrics;
+using cbm::GroupOptions;
+using cbm::MetricsSnapshot;
+
+namespace {
+
+const CallbackMetrics* find(const MetricsSnapshot& s, const std::string& name) {
+    for (const auto& m : s.callbacks) {
+        if (m.name == name) return &m;
+    }
+    return nullptr;
+}
+
+std::vector<std::string> lines_of(const std::string& text) {
+    std::vector<std::string> lines;
+    std::istringstream in(text);
+    for (std::string line; std::getline(in, line);) lines.push_back(line);
+    return lines;
+}
+
+}  // namespace
+
+TEST_CASE("an instrumented group counts invocations, failures, filter skips and canceled skips per callback",
+          "[metrics]") {
+    CallbackGroup<void(int)> group(GroupOptions{.metrics = true, .latency_sample_every = 1});
+    group.add([](int) {}, {.name = "ok"});
+    group.add([](int x) { if (x < 0) throw std::runtime_error("negative"); }, {.name = "picky"});
+    group.add([](int) {}, {.name = "even only", .filter = [](const int& x) { return x % 2 == 0; }});
+    auto [ctx, cancel] = cbm::with_cancel({});
+    group.add([cancel = cancel](int x) { if (x == 100) cancel(); }, {.priority = 10, .name = "canceller"});
+    for (int x : {1, 2, -3, 4}) group.trigger(x);
+    group.trigger(ctx, 100);  // the canceller (highest priority) runs, the other three are skipped as canceled
+
+    const MetricsSnapshot s = group.metrics();
+    REQUIRE(s.callbacks.size() == 4);
+    const CallbackMetrics* ok = find(s, "ok");
+    const CallbackMetrics* picky = find(s, "picky");
+    const CallbackMetrics* even = find(s, "even only");
+    REQUIRE(ok != nullptr);
+    REQUIRE(picky != nullptr);
+    REQUIRE(even != nullptr);
+    REQUIRE(ok->invoked == 4);
+    REQUIRE(ok->skipped_canceled == 1);
+    REQUIRE(picky->invoked == 4);
+    REQUIRE(picky->failed == 1);
+    REQUIRE(even->invoked == 2);
+    REQUIRE(even->skipped_filtered == 2);
+    REQUIRE(even->skipped_canceled == 1);
+    REQUIRE(find(s, "canceller")->invoked == 5);
+    REQUIRE(ok->latency_ns.count() == 4);  // sampling every call
+    REQUIRE(ok->key.empty());
+}
+
+TEST_CASE("latency is sampled one invocation in latency_sample_every per thread", "[metrics]") {
+    CallbackGroup<void()> group(GroupOptions{.metrics = true, .latency_sample_every = 4});
+    group.add([] {}, {.name = "f"});
+    for (int i = 0; i < 100; ++i) group.trigger();
+    const MetricsSnapshot s = group.metrics();
+    REQUIRE(s.callbacks[0].invoked == 100);
+    REQUIRE(s.callbacks[0].latency_ns.count() == 25);
+}
+
+TEST_CASE("metrics and observers need an instrumented group, and say so", "[metrics]") {
+    CallbackGroup<void()> plain;
+    REQUIRE_THROWS_AS(plain.metrics(), std::logic_error);
+    REQUIRE_THROWS_AS(plain.set_observer(nullptr), std::logic_error);
+    cbm::CallbackRegistry<int, void()> registry;
+    REQUIRE_THROWS_AS(registry.metrics(), std::logic_error);
+}
+
+TEST_CASE("a label name Prometheus would reject is refused at add, and nothing is registered", "[metrics]") {
+    CallbackGroup<void()> group(GroupOptions{.metrics = true});
+    REQUIRE_THROWS_AS(group.add([] {}, {.labels = {{"team-name", "x"}}}), std::invalid_argument);
+    REQUIRE_THROWS_AS(group.add([] {}, {.labels = {{"__reserved", "x"}}}), std::invalid_argument);
+    REQUIRE_THROWS_AS(group.add([] {}, {.labels = {{"callback", "x"}}}), std::invalid_argument);
+    REQUIRE_THROWS_AS(group.add([] {}, {.labels = {{"team", "a"}, {"team", "b"}}}), std::invalid_argument);
+    REQUIRE_THROWS_AS(group.add([] {}, {.labels = {{"9lives", "x"}}}), std::invalid_argument);
+    REQUIRE(group.empty());
+    REQUIRE_NOTHROW(group.add([] {}, {.labels = {{"team_2", "x"}}}));
+}
+
+TEST_CASE("registry metrics carry each callback's key as text", "[metrics]") {
+    cbm::CallbackRegistry<int, void()> numbers(GroupOptions{.metrics = true});
+    numbers.add(42, [] {}, {.name = "answer"});
+    numbers.trigger(42);
+    const MetricsSnapshot s = numbers.metrics();
+    REQUIRE(s.callbacks.size() == 1);
+    REQUIRE(s.callbacks[0].key == "42");
+    REQUIRE(s.callbacks[0].invoked == 1);
+
+    cbm::CallbackRegistry<std::string, void()> words(GroupOptions{.metrics = true});
+    words.add("login", [] {}, {.name = "audit"});
+    words.add("logout", [] {}, {.name = "audit"});
+    words.trigger("login");
+    std::vector<std::string> keys;
+    for (const auto& m : words.metrics().callbacks) keys.push_back(m.key + "=" + std::to_string(m.invoked));
+    std::sort(keys.begin(), keys.end());
+    REQUIRE(keys == std::vector<std::string>{"login=1", "logout=0"});
+}
+
+TEST_CASE("to_prometheus renders the text format line by line, escaping label values", "[metrics][prometheus]") {
+    cbm::LatencyHistogram latency;
+    for (int i = 0; i < 3; ++i) latency.record(1000);
+    CallbackMetrics m;
+    m.key = "order\"created";
+    m.name = "ship\\it";
+    m.labels = {{"team", "pay\nments"}};
+    m.invoked = 7;
+    m.failed = 2;
+    m.skipped_filtered = 3;
+    m.skipped_canceled = 1;
+    m.latency_ns = latency.snapshot();
+    const std::string labels = R"({key="order\"created",callback="ship\\it",team="pay\nments")";
+    const std::vector<std::string> expected = {
+        "# HELP cbm_callback_invocations_total Callback invocations started.",
+        "# TYPE cbm_callback_invocations_total counter",
+        "cbm_callback_invocations_total" + labels + "} 7",
+        "# HELP cbm_callback_failures_total Callback invocations (or filters) that threw.",
+        "# TYPE cbm_callback_failures_total counter",
+        "cbm_callback_failures_total" + labels + "} 2",
+        "# HELP cbm_callback_skips_total Callbacks not run by a trigger, by reason.",
+        "# TYPE cbm_callback_skips_total counter",
+        "cbm_callback_skips_total" + labels + R"(,reason="filtered"} 3)",
+        "cbm_callback_skips_total" + labels + R"(,reason="canceled"} 1)",
+        "# HELP cbm_callback_latency_seconds Sampled callback latency.",
+        "# TYPE cbm_callback_latency_seconds summary",
+        "cbm_callback_latency_seconds" + labels + R"(,quantile="0.5"} 1e-06)",
+        "cbm_callback_latency_seconds" + labels + R"(,quantile="0.95"} 1e-06)",
+        "cbm_callback_latency_seconds" + labels + R"(,quantile="0.99"} 1e-06)",
+        "cbm_callback_latency_seconds_sum" + labels + "} 3e-06",
+        "cbm_callback_latency_seconds_count" + labels + "} 3",
+        "# HELP cbm_callback_latency_max_seconds Largest sampled callback latency.",
+        "# TYPE cbm_callback_latency_max_seconds gauge",
+        "cbm_callback_latency_max_seconds" + labels + "} 1e-06",
+    };
+    REQUIRE(lines_of(cbm::to_prometheus(MetricsSnapshot{{m}})) == expected);
+}
+
+namespace {
+
+struct RecordingObserver final : cbm::CallbackObserver {
+    std::mutex mutex;
+    std::vector<std::string> events;
+    void on_begin(const cbm::CallbackEvent& e) noexcept override {
+        std::lock_guard<std::mutex> lock(mutex);
+        events.push_back("begin " + std::string(e.key) + "/" + std::string(e.name));
+    }
+    void on_end(const cbm::CallbackEvent& e, std::chrono::nanoseconds d, const std::exception_ptr& error) noexcept override {
+        std::lock_guard<std::mutex> lock(mutex);
+        events.push_back("end " + std::string(e.name) + (error ? " threw" : " ok") + (d.count() >= 0 ? "" : " negative"));
+    }
+};
+
+}  // namespace
+
+TEST_CASE("an observer sees the begin and end of every invocation, with its key, duration and exception",
+          "[metrics][observer]") {
+    cbm::CallbackRegistry<std::string, void()> registry(GroupOptions{.metrics = true, .latency_sample_every = 1000});
+    auto observer = std::make_shared<RecordingObserver>();
+    registry.set_observer(observer);
+    registry.add("pay", [] {}, {.name = "charge"});
+    registry.add("pay", [] { throw std::runtime_error("declined"); }, {.name = "notify"});
+    registry.trigger("pay");
+    REQUIRE(observer->events ==
+            std::vector<std::string>{"begin pay/charge", "end charge ok", "begin pay/notify", "end notify threw"});
+    // With an observer every invocation is timed.
+    for (const auto& m : registry.metrics().callbacks) REQUIRE(m.latency_ns.count() == 1);
+    registry.set_observer(nullptr);
+    registry.trigger("pay");
+    REQUIRE(observer->events.size() == 4);
+}
+
+TEST_CASE("counts are exact while many threads trigger and another reads the metrics", "[metrics][race]") {
+    CallbackGroup<void()> group(GroupOptions{.metrics = true});
+    for (int i = 0; i < 4; ++i) group.add([] {}, {.name = "cb" + std::to_string(i)});
+    constexpr int kThreads = 4;
+    constexpr int kTriggers = 5000;
+    std::atomic<bool> done{false};
+    std::thread reader([&] {
+        while (!done.load()) {
+            for (const auto& m : group.metrics().callbacks) {
+                if (m.invoked > kThreads * kTriggers) std::abort();
+            }
+        }
+    });
+    std::vector<std::thread> threads;
+    for (int t = 0; t < kThreads; ++t) {
+        threads.emplace_back([&] {
+            for (int i = 0; i < kTriggers; ++i) group.trigger();
+        });
+    }
+    for (auto& t : threads) t.join();
+    done = true;
+    reader.join();
+    for (const auto& m : group.metrics().callbacks) REQUIRE(m.invoked == kThreads * kTriggers);
+}
