@@ -200,6 +200,32 @@ private:
     detail::ContextNode* node_ = nullptr;
 };
 
+// The context of the callbacks running on this thread: set by
+// CallbackGroup::trigger(ctx, ...) and CallbackRegistry::trigger(ctx, ...),
+// around an after_func's function (its context), and by ContextScope, for
+// the duration of the call; background() where
+// none is set. The reference stays valid while that call runs; copy it to
+// keep it longer. Never blocks.
+inline const Context& current_context() noexcept {
+    static const Context* const background = new Context();
+    const Context* current = detail::current_context_slot;
+    return current != nullptr ? *current : *background;
+}
+
+// Makes `ctx` this thread's current_context() until destroyed, then restores
+// the previous one (scopes nest). `ctx` must outlive the scope. Not movable.
+class ContextScope {
+public:
+    explicit ContextScope(const Context& ctx) noexcept
+        : previous_(std::exchange(detail::current_context_slot, &ctx)) {}
+    ContextScope(const ContextScope&) = delete;
+    ContextScope& operator=(const ContextScope&) = delete;
+    ~ContextScope() { detail::current_context_slot = previous_; }
+
+private:
+    const Context* previous_;
+};
+
 // Cancels its context (Go's context.CancelFunc). Copyable; every copy
 // cancels the same context.
 class CancelFunc {
@@ -284,12 +310,13 @@ struct AfterFuncEntry final : CancelListener, RunnerTask {
     static constexpr std::uint8_t kStopped = 1;
     static constexpr std::uint8_t kStarted = 2;
 
-    explicit AfterFuncEntry(Callback<void()>&& f) noexcept : fn(std::move(f)) {}
+    AfterFuncEntry(Callback<void()>&& f, const Context& c) noexcept : fn(std::move(f)), ctx(c) {}
 
     std::atomic<std::uint32_t> refs{1};
     std::atomic<std::uint8_t> state{kPending};  // pending -> stopped | started, once
     Callback<void()> fn;                        // touched only by whoever moved state off pending
     CancelNode* node = nullptr;                 // counted; null for a context never canceled
+    Context ctx;                                // current_context() while f runs
 
     void add_ref() noexcept { refs.fetch_add(1, std::memory_order_relaxed); }
 
@@ -315,6 +342,7 @@ struct AfterFuncEntry final : CancelListener, RunnerTask {
     // on a std::thread): there is no caller to report it to.
     void run() noexcept override {
         if (claim(kStarted)) {
+            const ContextScope scope(ctx);
             CallbackAccess::invoke(fn);
             fn.reset();
         }
@@ -575,7 +603,7 @@ template <class F>
 StopFunc after_func(const Context& ctx, F&& f) {
     Callback<void()> fn(std::forward<F>(f));
     if (!fn) throw std::invalid_argument("cbm::after_func: empty callable");
-    auto* entry = new detail::AfterFuncEntry(std::move(fn));
+    auto* entry = new detail::AfterFuncEntry(std::move(fn), ctx);
     StopFunc stop = detail::ContextAccess::stop_func(entry);
     if (detail::CancelNode* c = detail::ContextAccess::canceler(ctx)) {
         c->add_ref();
@@ -589,29 +617,5 @@ StopFunc after_func(const Context& ctx, F&& f) {
     return stop;
 }
 
-// The context of the callbacks running on this thread: set by
-// CallbackGroup::trigger(ctx, ...) and CallbackRegistry::trigger(ctx, ...)
-// (and by ContextScope) for the duration of the call; background() where
-// none is set. The reference stays valid while that call runs; copy it to
-// keep it longer. Never blocks.
-inline const Context& current_context() noexcept {
-    static const Context* const background = new Context();
-    const Context* current = detail::current_context_slot;
-    return current != nullptr ? *current : *background;
-}
-
-// Makes `ctx` this thread's current_context() until destroyed, then restores
-// the previous one (scopes nest). `ctx` must outlive the scope. Not movable.
-class ContextScope {
-public:
-    explicit ContextScope(const Context& ctx) noexcept
-        : previous_(std::exchange(detail::current_context_slot, &ctx)) {}
-    ContextScope(const ContextScope&) = delete;
-    ContextScope& operator=(const ContextScope&) = delete;
-    ~ContextScope() { detail::current_context_slot = previous_; }
-
-private:
-    const Context* previous_;
-};
 
 }  // namespace cbm
