@@ -90,9 +90,9 @@ inline CallbackMetrics read_stats(const CallbackStats& s, const std::string& nam
     m.key = s.key_text;
     m.name = name;
     m.labels = s.labels;
-    m.invoked = s.invoked.load(std::memory_order_relaxed);
+    m.invoked = s.invoked.read();
     m.failed = s.failed.load(std::memory_order_relaxed);
-    m.skipped_filtered = s.skipped_filtered.load(std::memory_order_relaxed);
+    m.skipped_filtered = s.skipped_filtered.read();
     m.skipped_canceled = s.skipped_canceled.load(std::memory_order_relaxed);
     m.latency_ns = s.latency.snapshot();
     return m;

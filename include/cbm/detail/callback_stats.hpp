@@ -43,14 +43,45 @@ public:
 
 namespace detail {
 
+// A counter incremented without a read-modify-write: shard i is written
+// only by the thread that owns the thread record with index i (records are
+// unique among live threads, and handed over with release/acquire), so a
+// plain load + store suffices; threads beyond the shards share an atomic.
+// Each shard has its own cache line. Readers sum relaxed loads.
+class ShardedCounter {
+public:
+    static constexpr std::uint32_t kShards = 16;
+
+    void add_from(std::uint32_t thread_index) noexcept {
+        if (thread_index < kShards) {
+            std::atomic<std::uint64_t>& v = shards_[thread_index].value;
+            v.store(v.load(std::memory_order_relaxed) + 1, std::memory_order_relaxed);
+        } else {
+            overflow_.fetch_add(1, std::memory_order_relaxed);
+        }
+    }
+    std::uint64_t read() const noexcept {
+        std::uint64_t total = overflow_.load(std::memory_order_relaxed);
+        for (const Shard& s : shards_) total += s.value.load(std::memory_order_relaxed);
+        return total;
+    }
+
+private:
+    struct alignas(64) Shard {
+        std::atomic<std::uint64_t> value{0};
+    };
+    Shard shards_[kShards];
+    alignas(64) std::atomic<std::uint64_t> overflow_{0};
+};
+
 struct CallbackStats {
     CallbackStats(std::string key, Labels l) : key_text(std::move(key)), labels(std::move(l)) {}
 
     const std::string key_text;  // the registry key as text; empty in a group
     const Labels labels;
-    std::atomic<std::uint64_t> invoked{0};           // started (filter passed), including those that threw
+    ShardedCounter invoked;                          // started (filter passed), including those that threw
+    ShardedCounter skipped_filtered;                 // the filter said no
     std::atomic<std::uint64_t> failed{0};            // threw (from the callback or its filter)
-    std::atomic<std::uint64_t> skipped_filtered{0};  // the filter said no
     std::atomic<std::uint64_t> skipped_canceled{0};  // not reached: the trigger's context or token stopped it
     LatencyHistogram latency;                        // sampled invocations, in ns
 

@@ -99,43 +99,52 @@ enum class Outcome : std::uint8_t { invoked, invoked_once, skipped, failed_filte
 // Runs the callable of a node on the special path, with metrics, sampling
 // and the observer where the node is instrumented. Returns the exception, if
 // any.
+// `sampled`: the caller already decided that this call is timed.
 template <class Signature, class... A>
-std::exception_ptr invoke_instrumented(Node<Signature>& node, Anchor& anchor, A&... args) {
+std::exception_ptr invoke_instrumented(Node<Signature>& node, Anchor& anchor, std::uint32_t thread_index,
+                                       bool sampled, A&... args) {
     CallbackStats* stats = node.stats;
+    std::exception_ptr error;
     if (stats == nullptr) {
         try {
             CallbackAccess::invoke(node.fn(), args...);
         } catch (...) {
-            return std::current_exception();
+            error = std::current_exception();
         }
-        return nullptr;
+        return error;
     }
     CallbackObserver* observer = anchor.observer.load(std::memory_order_acquire);
+    if (observer == nullptr && !sampled && !sample_this_call(anchor.latency_sample_every)) {  // the common case
+        try {
+            CallbackAccess::invoke(node.fn(), args...);
+        } catch (...) {
+            error = std::current_exception();
+            CallbackStats::bump(stats->failed);
+        }
+        stats->invoked.add_from(thread_index);
+        return error;
+    }
     const CallbackEvent event{stats->key_text, node.name, stats->labels};
-    const bool timed = observer != nullptr || sample_this_call(anchor.latency_sample_every);
-    std::chrono::steady_clock::time_point start{};
-    if (timed) start = std::chrono::steady_clock::now();
+    const auto start = std::chrono::steady_clock::now();
     if (observer != nullptr) observer->on_begin(event);
-    std::exception_ptr error;
     try {
         CallbackAccess::invoke(node.fn(), args...);
     } catch (...) {
         error = std::current_exception();
+        CallbackStats::bump(stats->failed);
     }
-    CallbackStats::bump(stats->invoked);
-    if (error) CallbackStats::bump(stats->failed);
-    if (timed) {
-        const auto duration = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start);
-        stats->latency.record(static_cast<std::uint64_t>(duration.count() < 0 ? 0 : duration.count()));
-        if (observer != nullptr) observer->on_end(event, duration, error);
-    }
+    stats->invoked.add_from(thread_index);
+    const auto duration = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start);
+    stats->latency.record(static_cast<std::uint64_t>(duration.count() < 0 ? 0 : duration.count()));
+    if (observer != nullptr) observer->on_end(event, duration, error);
     return error;
 }
 
 // The rarely taken part of the loop: a filter, a `once` claim, or an
 // instrumented callback.
 template <class Signature, class... A>
-Outcome run_special(Node<Signature>& node, Anchor& anchor, TriggerResult& result, A&... args) {
+Outcome run_special(Node<Signature>& node, Anchor& anchor, TriggerResult& result, std::uint32_t thread_index,
+                    bool sampled, A&... args) {
     if ((node.state.load(std::memory_order_relaxed) & kFiltered) != 0) {
         bool selected = false;
         try {
@@ -146,7 +155,7 @@ Outcome run_special(Node<Signature>& node, Anchor& anchor, TriggerResult& result
                                                                                         : Outcome::failed_filter;
         }
         if (!selected) {
-            if (node.stats != nullptr) CallbackStats::bump(node.stats->skipped_filtered);
+            if (node.stats != nullptr) node.stats->skipped_filtered.add_from(thread_index);
             return Outcome::skipped;
         }
     }
@@ -155,7 +164,7 @@ Outcome run_special(Node<Signature>& node, Anchor& anchor, TriggerResult& result
         return Outcome::skipped;  // another thread claimed it
     }
     Outcome outcome = once ? Outcome::invoked_once : Outcome::invoked;
-    if (std::exception_ptr error = invoke_instrumented(node, anchor, args...)) {
+    if (std::exception_ptr error = invoke_instrumented(node, anchor, thread_index, sampled, args...)) {
         if (record_failure(result, anchor, node, std::move(error), false)) {
             outcome = once ? Outcome::stop_once : Outcome::stop;
         }
@@ -197,6 +206,8 @@ TriggerResult run_list_in(TriggerScope& scope, ListCore& core, Anchor& anchor, S
     std::atomic<NodeBase*>* slot = array->slots();
     std::atomic<NodeBase*>* const end = slot + array->count.load(std::memory_order_acquire);
     bool canceled = false;
+    bool sampled = false;  // an instrumented call already chosen to be timed
+    const std::uint32_t thread_index = scope.thread_index();
     for (; slot != end; ++slot) {
         if (should_stop()) {
             canceled = true;
@@ -214,8 +225,21 @@ TriggerResult run_list_in(TriggerScope& scope, ListCore& core, Anchor& anchor, S
             } catch (...) {
                 if (record_failure(result, anchor, node, std::current_exception(), false)) outcome = Outcome::stop;
             }
+        } else if (state == kMeasured && !(sampled = anchor.observer.load(std::memory_order_relaxed) != nullptr ||
+                                                     sample_this_call(anchor.latency_sample_every))) {
+            // Instrumented, neither timed nor observed this time: count inline.
+            outcome = Outcome::invoked;
+            ++invoked;
+            try {
+                CallbackAccess::invoke(node.fn(), args...);
+            } catch (...) {
+                CallbackStats::bump(node.stats->failed);
+                if (record_failure(result, anchor, node, std::current_exception(), false)) outcome = Outcome::stop;
+            }
+            node.stats->invoked.add_from(thread_index);
         } else if ((state & kUnregistered) == 0) {
-            outcome = run_special(node, anchor, result, args...);
+            outcome = run_special(node, anchor, result, thread_index, sampled, args...);
+            sampled = false;
             invoked += outcome == Outcome::invoked || outcome == Outcome::invoked_once || outcome == Outcome::stop ||
                        outcome == Outcome::stop_once;
             skipped += outcome == Outcome::skipped;

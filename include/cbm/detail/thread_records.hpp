@@ -73,6 +73,7 @@ struct Deferred {
 struct alignas(64) ThreadRecord {
     std::atomic<std::uint64_t> epoch{0};  // written by the owner
     std::uint32_t depth = 0;              // owner only: current trigger nesting
+    std::uint32_t index = 0;              // immutable: unique among records, so among live threads
     std::atomic<bool> in_use{false};
     ThreadRecord* next_record = nullptr;  // immutable once the record is published
     std::vector<Deferred> deferred;       // owner only
@@ -91,6 +92,7 @@ struct alignas(64) ThreadRecord {
 
 struct RecordList {
     std::atomic<ThreadRecord*> head{nullptr};
+    std::atomic<std::uint32_t> created{0};  // records ever created (the next index)
     std::atomic<std::uint32_t> live{0};   // records currently owned by a thread
     std::atomic<std::uint64_t> epoch{1};  // global reclamation epoch, never 0
 };
@@ -144,6 +146,7 @@ inline ThreadRecord* acquire_record() {
     }
     if (found == nullptr) {
         found = new ThreadRecord;
+        found->index = g_records.created.fetch_add(1, std::memory_order_relaxed);
         found->in_use.store(true, std::memory_order_relaxed);
         ThreadRecord* head = g_records.head.load(std::memory_order_relaxed);
         do {
@@ -303,6 +306,8 @@ public:
     }
 
     BarrierMode mode() const noexcept { return mode_; }
+    // This thread's record index (unique among live threads).
+    std::uint32_t thread_index() const noexcept { return record_->index; }
 
     // Announce that `node` may be filtered or run next; its state must be read
     // only after this returns. `Mode` must equal mode().
