@@ -129,6 +129,10 @@ TEST_CASE("to_prometheus renders the text format line by line, escaping label va
     m.failed = 2;
     m.skipped_filtered = 3;
     m.skipped_canceled = 1;
+    m.skipped_circuit_open = 4;
+    m.timed_out = 5;
+    m.retries = 6;
+    m.circuit_open = true;
     m.latency_ns = latency.snapshot();
     const std::string labels = R"({key="order\"created",callback="ship\\it",team="pay\nments")";
     const std::vector<std::string> expected = {
@@ -142,6 +146,16 @@ TEST_CASE("to_prometheus renders the text format line by line, escaping label va
         "# TYPE cbm_callback_skips_total counter",
         "cbm_callback_skips_total" + labels + R"(,reason="filtered"} 3)",
         "cbm_callback_skips_total" + labels + R"(,reason="canceled"} 1)",
+        "cbm_callback_skips_total" + labels + R"(,reason="circuit_open"} 4)",
+        "# HELP cbm_callback_timeouts_total Callback attempts that overran their timeout.",
+        "# TYPE cbm_callback_timeouts_total counter",
+        "cbm_callback_timeouts_total" + labels + "} 5",
+        "# HELP cbm_callback_retries_total Callback attempts after the first.",
+        "# TYPE cbm_callback_retries_total counter",
+        "cbm_callback_retries_total" + labels + "} 6",
+        "# HELP cbm_callback_circuit_open 1 while the callback's circuit breaker is open.",
+        "# TYPE cbm_callback_circuit_open gauge",
+        "cbm_callback_circuit_open" + labels + "} 1",
         "# HELP cbm_callback_latency_seconds Sampled callback latency.",
         "# TYPE cbm_callback_latency_seconds summary",
         "cbm_callback_latency_seconds" + labels + R"(,quantile="0.5"} 1e-06)",

@@ -2,6 +2,7 @@
 // of callbacks that any thread may add to, trigger and unregister from.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
 #include <memory>
 #include <mutex>
@@ -17,7 +18,9 @@
 #include "detail/context_binding.hpp"
 #include "detail/dispatch.hpp"
 #include "error_policy.hpp"
+#include "group_options.hpp"
 #include "metrics.hpp"
+#include "resilience.hpp"
 #include "registration.hpp"
 
 namespace cbm {
@@ -37,6 +40,13 @@ struct CallbackOptions {
     // Metric labels (instrumented groups export them; see metrics.hpp).
     // Throws std::invalid_argument from add() for a name Prometheus rejects.
     Labels labels = {};
+    // Resilience (resilience.hpp): a deadline per attempt (0: none), retries
+    // with backoff, a circuit breaker. add() throws std::invalid_argument for
+    // settings that make no sense (negative times, 0 attempts, a multiplier
+    // below 1, jitter outside [0, 1], a breaker on a `once` callback).
+    std::chrono::nanoseconds timeout{0};
+    RetryOptions retry = {};
+    CircuitBreakerOptions circuit_breaker = {};
 };
 
 template <class Signature>
@@ -60,7 +70,8 @@ public:
     explicit CallbackGroup(ErrorPolicy policy = ErrorPolicy::collect) : anchor_(new detail::Anchor(policy)) {}
     // Effect: an empty group with these options (error policy, metrics).
     explicit CallbackGroup(GroupOptions options)
-        : anchor_(new detail::Anchor(options.error_policy, options.metrics, options.latency_sample_every)) {}
+        : anchor_(new detail::Anchor(options.error_policy, options.metrics, options.latency_sample_every,
+                                     options.clock)) {}
     CallbackGroup(const CallbackGroup&) = delete;
     CallbackGroup& operator=(const CallbackGroup&) = delete;
 
@@ -163,10 +174,18 @@ public:
         MetricsSnapshot snapshot;
         std::lock_guard<std::mutex> lock(anchor_->mutex);
         core_.for_each_node([&](detail::NodeBase* n) {
-            if (n->core == &core_ && n->stats != nullptr) snapshot.callbacks.push_back(detail::read_stats(*n->stats, n->name));
+            if (n->core == &core_ && n->stats != nullptr) {
+                snapshot.callbacks.push_back(
+                    detail::read_stats(*n->stats, n->name, n->resilience != nullptr && n->resilience->circuit_open()));
+            }
         });
         return snapshot;
     }
+
+    // Effect: `handler` receives every callback invocation that fails for
+    // good (after its retries): key "", name, error, attempts. Pass {} to
+    // remove. A handler that throws stops nothing.
+    void set_dead_letter_handler(DeadLetterHandler handler) { anchor_->set_dead_letter_handler(std::move(handler)); }
 
     // Effect: `observer` is told about every invocation from now on (null
     // removes it). Observers set before stay alive until the group goes, as

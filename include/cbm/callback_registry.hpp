@@ -97,7 +97,8 @@ public:
     explicit CallbackRegistry(GroupOptions options, Hash hash = Hash{}, KeyEqual equal = KeyEqual{})
         : hash_(std::move(hash)),
           equal_(std::move(equal)),
-          anchor_(new detail::Anchor(options.error_policy, options.metrics, options.latency_sample_every)) {
+          anchor_(new detail::Anchor(options.error_policy, options.metrics, options.latency_sample_every,
+                                     options.clock)) {
         table_.store(Table::make(kMinBuckets), std::memory_order_relaxed);
     }
     CallbackRegistry(const CallbackRegistry&) = delete;
@@ -122,8 +123,8 @@ public:
         detail::check_labels(options.labels);
         const Context bound = std::move(options.context);
         detail::ContextBinding binding(bound);
-        auto* node = detail::make_node<signature>(*anchor_, std::forward<F>(f), std::move(options),
-                                                  anchor_->metrics ? detail::key_text(key) : std::string());
+        std::string text = anchor_->metrics ? detail::key_text(key) : std::string();
+        auto* node = detail::make_node<signature>(*anchor_, std::forward<F>(f), std::move(options), std::move(text));
         if (binding.already_canceled()) return Registration(detail::make_unregistered(node));
         detail::ReclaimBatch batch;
         try {
@@ -238,11 +239,18 @@ public:
         std::lock_guard<std::mutex> lock(anchor_->mutex);
         for_each_entry(table_.load(std::memory_order_relaxed), [&](Entry* e) {
             e->for_each_node([&](detail::NodeBase* n) {
-                if (n->core == e && n->stats != nullptr) snapshot.callbacks.push_back(detail::read_stats(*n->stats, n->name));
+                if (n->core == e && n->stats != nullptr) {
+                    snapshot.callbacks.push_back(detail::read_stats(
+                        *n->stats, n->name, n->resilience != nullptr && n->resilience->circuit_open()));
+                }
             });
         });
         return snapshot;
     }
+
+    // Effect: as CallbackGroup::set_dead_letter_handler; DeadLetter::key is
+    // the key as text (see metrics()).
+    void set_dead_letter_handler(DeadLetterHandler handler) { anchor_->set_dead_letter_handler(std::move(handler)); }
 
     // Effect: as CallbackGroup::set_observer.
     void set_observer(std::shared_ptr<CallbackObserver> observer) {
@@ -362,6 +370,7 @@ private:
         if (key_count() + 1 > table->bucket_count()) table = rebuild(table->bucket_count() * 2);
         auto entry = std::make_unique<Entry>(key, h, this);
         entry->on_empty = &on_entry_empty;
+        entry->describe = [](const detail::ListCore* core) { return detail::key_text(static_cast<const Entry*>(core)->key); };
         auto link = std::make_unique<Link>();
         link->entry = entry.get();
         std::atomic<Link*>& bucket = table->bucket(h);

@@ -21,21 +21,9 @@
 #include <vector>
 
 #include "detail/callback_stats.hpp"
-#include "error_policy.hpp"
 #include "histogram.hpp"
 
 namespace cbm {
-
-// Construction options of a CallbackGroup or CallbackRegistry. Fields in
-// this order for designated initializers: {.error_policy = ..., .metrics = true}.
-struct GroupOptions {
-    ErrorPolicy error_policy = ErrorPolicy::collect;
-    // Count invocations, failures and skips per callback and sample their
-    // latency; enables metrics() and observers. Off: no cost on trigger.
-    bool metrics = false;
-    // Time one invocation in this many, per thread (1: every invocation).
-    std::uint32_t latency_sample_every = 64;
-};
 
 // One callback's numbers at one moment.
 struct CallbackMetrics {
@@ -46,6 +34,10 @@ struct CallbackMetrics {
     std::uint64_t failed = 0;            // threw, in the callback or in its filter
     std::uint64_t skipped_filtered = 0;  // its filter returned false
     std::uint64_t skipped_canceled = 0;  // not reached: the trigger's context or stop token ended it first
+    std::uint64_t skipped_circuit_open = 0;  // skipped while its circuit breaker was open
+    std::uint64_t timed_out = 0;         // attempts that overran CallbackOptions::timeout
+    std::uint64_t retries = 0;           // attempts after the first
+    bool circuit_open = false;           // its circuit breaker is open now
     HistogramSnapshot latency_ns;        // sampled invocations
 };
 
@@ -85,7 +77,7 @@ inline void check_labels(const Labels& labels) {
     }
 }
 
-inline CallbackMetrics read_stats(const CallbackStats& s, const std::string& name) {
+inline CallbackMetrics read_stats(const CallbackStats& s, const std::string& name, bool circuit_open) {
     CallbackMetrics m;
     m.key = s.key_text;
     m.name = name;
@@ -94,6 +86,10 @@ inline CallbackMetrics read_stats(const CallbackStats& s, const std::string& nam
     m.failed = s.failed.load(std::memory_order_relaxed);
     m.skipped_filtered = s.skipped_filtered.read();
     m.skipped_canceled = s.skipped_canceled.load(std::memory_order_relaxed);
+    m.skipped_circuit_open = s.skipped_circuit_open.load(std::memory_order_relaxed);
+    m.timed_out = s.timed_out.load(std::memory_order_relaxed);
+    m.retries = s.retries.load(std::memory_order_relaxed);
+    m.circuit_open = circuit_open;
     m.latency_ns = s.latency.snapshot();
     return m;
 }
@@ -144,8 +140,10 @@ inline std::string seconds(double ns) {
 }  // namespace detail
 
 // Renders `snapshot` in the Prometheus text exposition format (version
-// 0.0.4): counters <prefix>_invocations_total, <prefix>_failures_total and
-// <prefix>_skips_total{reason="filtered"|"canceled"}; a summary
+// 0.0.4): counters <prefix>_invocations_total, <prefix>_failures_total,
+// <prefix>_skips_total{reason="filtered"|"canceled"|"circuit_open"},
+// <prefix>_timeouts_total and <prefix>_retries_total; a gauge
+// <prefix>_circuit_open; a summary
 // <prefix>_latency_seconds with quantiles 0.5, 0.95 and 0.99 of the sampled
 // latency (its _count is the number of samples); and a gauge
 // <prefix>_latency_max_seconds. Every series has the labels key and
@@ -165,7 +163,15 @@ inline std::string to_prometheus(const MetricsSnapshot& snapshot, std::string_vi
     for (const auto& m : snapshot.callbacks) {
         out += p + "_skips_total" + detail::label_set(m, "reason", "filtered") + ' ' + std::to_string(m.skipped_filtered) + '\n';
         out += p + "_skips_total" + detail::label_set(m, "reason", "canceled") + ' ' + std::to_string(m.skipped_canceled) + '\n';
+        out += p + "_skips_total" + detail::label_set(m, "reason", "circuit_open") + ' ' +
+               std::to_string(m.skipped_circuit_open) + '\n';
     }
+    family("_timeouts_total", "counter", "Callback attempts that overran their timeout.");
+    for (const auto& m : snapshot.callbacks) out += p + "_timeouts_total" + detail::label_set(m) + ' ' + std::to_string(m.timed_out) + '\n';
+    family("_retries_total", "counter", "Callback attempts after the first.");
+    for (const auto& m : snapshot.callbacks) out += p + "_retries_total" + detail::label_set(m) + ' ' + std::to_string(m.retries) + '\n';
+    family("_circuit_open", "gauge", "1 while the callback's circuit breaker is open.");
+    for (const auto& m : snapshot.callbacks) out += p + "_circuit_open" + detail::label_set(m) + ' ' + (m.circuit_open ? "1" : "0") + '\n';
     family("_latency_seconds", "summary", "Sampled callback latency.");
     for (const auto& m : snapshot.callbacks) {
         for (const auto& [q, pct] : {std::pair{"0.5", 50.0}, std::pair{"0.95", 95.0}, std::pair{"0.99", 99.0}}) {

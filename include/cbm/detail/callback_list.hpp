@@ -58,6 +58,7 @@
 #include <vector>
 
 #include "../error_policy.hpp"
+#include "../resilience.hpp"
 #include "callback_stats.hpp"
 #include "thread_records.hpp"
 
@@ -68,6 +69,7 @@ inline constexpr std::uint32_t kWaiter = 2u;
 inline constexpr std::uint32_t kFiltered = 4u;  // immutable: the node has a filter
 inline constexpr std::uint32_t kOnce = 8u;      // immutable: the node runs at most once
 inline constexpr std::uint32_t kMeasured = 16u; // immutable: the node has CallbackStats
+inline constexpr std::uint32_t kResilient = 32u; // immutable: the node has a Resilience block
 
 struct ListCore;
 struct Anchor;
@@ -109,6 +111,7 @@ struct NodeBase {
     Anchor* anchor = nullptr;              // counted reference, immutable
     std::string name;                      // immutable
     CallbackStats* stats = nullptr;        // immutable; owned; set when the group is instrumented
+    Resilience* resilience = nullptr;      // immutable; owned; timeout / retry / circuit breaker
     void (*destroy_target)(NodeBase*) noexcept = nullptr;
     void (*delete_node)(NodeBase*) noexcept = nullptr;
 
@@ -135,8 +138,12 @@ struct NodeBase {
 // one reference and every node one, so a Registration that outlives its group
 // can still lock the mutex and learn that the group is gone.
 struct Anchor {
-    explicit Anchor(ErrorPolicy p, bool instrumented = false, std::uint32_t sample_every = 1)
-        : policy(p), metrics(instrumented), latency_sample_every(sample_every == 0 ? 1 : sample_every) {}
+    explicit Anchor(ErrorPolicy p, bool instrumented = false, std::uint32_t sample_every = 1,
+                    ResilienceClock* c = nullptr)
+        : policy(p),
+          metrics(instrumented),
+          latency_sample_every(sample_every == 0 ? 1 : sample_every),
+          clock(c != nullptr ? *c : steady_resilience_clock()) {}
 
     std::mutex mutex;
     std::atomic<std::uint32_t> refs{1};
@@ -145,6 +152,8 @@ struct Anchor {
     const ErrorPolicy policy;
     const bool metrics;                         // nodes get CallbackStats
     const std::uint32_t latency_sample_every;   // time one invocation in this many, per thread
+    ResilienceClock& clock;                     // timeouts, backoff, cool-downs
+    std::shared_ptr<const DeadLetterHandler> dead_letter;  // under handler_mutex
     std::atomic<CallbackObserver*> observer{nullptr};        // read by triggers
     std::vector<std::shared_ptr<CallbackObserver>> observers;  // under handler_mutex: every one ever set, kept alive
 
@@ -161,6 +170,17 @@ struct Anchor {
         std::lock_guard<std::mutex> lock(handler_mutex);
         if (o) observers.push_back(o);
         observer.store(o.get(), std::memory_order_release);
+    }
+    std::shared_ptr<const DeadLetterHandler> dead_letter_handler() {
+        std::lock_guard<std::mutex> lock(handler_mutex);
+        return dead_letter;
+    }
+    void set_dead_letter_handler(DeadLetterHandler h) {
+        auto shared = h ? std::make_shared<const DeadLetterHandler>(std::move(h)) : nullptr;
+        {
+            std::lock_guard<std::mutex> lock(handler_mutex);
+            dead_letter.swap(shared);
+        }
     }
     std::shared_ptr<const ErrorHandler> error_handler() {
         std::lock_guard<std::mutex> lock(handler_mutex);
@@ -245,6 +265,8 @@ struct ListCore {
     std::uint32_t tombstones = 0;             // detached nodes still in `array`
     // Registry hook, called under the mutex when the last callback is detached.
     void (*on_empty)(ListCore*) noexcept = nullptr;
+    // Registry hook: the key as text (for dead letters).
+    std::string (*describe)(const ListCore*) = nullptr;
 
     std::size_t count() const noexcept { return size.load(std::memory_order_relaxed); }
 

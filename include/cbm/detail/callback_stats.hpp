@@ -83,6 +83,9 @@ struct CallbackStats {
     ShardedCounter skipped_filtered;                 // the filter said no
     std::atomic<std::uint64_t> failed{0};            // threw (from the callback or its filter)
     std::atomic<std::uint64_t> skipped_canceled{0};  // not reached: the trigger's context or token stopped it
+    std::atomic<std::uint64_t> skipped_circuit_open{0};
+    std::atomic<std::uint64_t> timed_out{0};
+    std::atomic<std::uint64_t> retries{0};
     LatencyHistogram latency;                        // sampled invocations, in ns
 
     static void bump(std::atomic<std::uint64_t>& counter) noexcept { counter.fetch_add(1, std::memory_order_relaxed); }

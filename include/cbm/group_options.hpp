@@ -1,0 +1,27 @@
+// cbm/group_options.hpp - construction options of a CallbackGroup or a
+// CallbackRegistry.
+#pragma once
+
+#include <cstdint>
+
+#include "error_policy.hpp"
+#include "resilience.hpp"
+
+namespace cbm {
+
+// Fields in this order for designated initializers:
+// cbm::CallbackGroup<void(int)> g({.error_policy = cbm::ErrorPolicy::stop, .metrics = true});
+struct GroupOptions {
+    ErrorPolicy error_policy = ErrorPolicy::collect;
+    // Count invocations, failures and skips per callback and sample their
+    // latency; enables metrics() and observers (metrics.hpp). Off: no cost
+    // on trigger.
+    bool metrics = false;
+    // Time one invocation in this many, per thread (1: every invocation).
+    std::uint32_t latency_sample_every = 64;
+    // The clock of timeouts, retry backoff and circuit cool-downs
+    // (resilience.hpp); null: the steady clock. Must outlive the group.
+    ResilienceClock* clock = nullptr;
+};
+
+}  // namespace cbm

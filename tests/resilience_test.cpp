@@ -1,0 +1,260 @@
+// Tests for cbm/resilience.hpp: timeouts, retries, circuit breakers and dead
+// letters, on a clock the tests advance by hand (nothing sleeps for real).
+#include <cbm/callback_group.hpp>
+#include <cbm/callback_registry.hpp>
+#include <cbm/resilience.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <chrono>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <system_error>
+#include <thread>
+#include <vector>
+
+#include "test_support.hpp"
+
+using namespace std::chrono_literals;
+using cbm::CallbackGroup;
+using cbm::GroupOptions;
+
+namespace {
+
+// A clock that only moves when told to; sleeping advances it at once.
+class ManualClock final : public cbm::ResilienceClock {
+public:
+    std::chrono::steady_clock::time_point now() noexcept override {
+        return std::chrono::steady_clock::time_point(std::chrono::nanoseconds(ns_.load()));
+    }
+    bool sleep_for(std::chrono::nanoseconds d, const cbm::Context& ctx) override {
+        if (ctx.canceled()) return false;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            sleeps_.push_back(d);
+        }
+        advance(d);
+        return true;
+    }
+    void advance(std::chrono::nanoseconds d) { ns_.fetch_add(d.count()); }
+    std::vector<std::chrono::nanoseconds> sleeps() {
+        std::lock_guard<std::mutex> lock(mutex_);
+        return sleeps_;
+    }
+
+private:
+    std::atomic<std::int64_t> ns_{1'000'000'000};
+    std::mutex mutex_;
+    std::vector<std::chrono::nanoseconds> sleeps_;
+};
+
+std::error_code code_of(const std::exception_ptr& e) {
+    try {
+        std::rethrow_exception(e);
+    } catch (const std::system_error& ex) {
+        return ex.code();
+    } catch (...) {
+        return {};
+    }
+}
+
+}  // namespace
+
+TEST_CASE("a failing callback is retried with growing, capped backoff until it succeeds", "[resilience][retry]") {
+    ManualClock clock;
+    CallbackGroup<void()> group(GroupOptions{.metrics = true, .clock = &clock});
+    int calls = 0;
+    std::vector<cbm::DeadLetter> letters;
+    group.set_dead_letter_handler([&](const cbm::DeadLetter& d) { letters.push_back(d); });
+    group.add([&] { if (++calls < 4) throw std::runtime_error("flaky"); },
+              {.name = "flaky",
+               .retry = {.attempts = 5, .initial_backoff = 10ms, .multiplier = 2.0, .max_backoff = 25ms, .jitter = 0.0}});
+    const cbm::TriggerResult r = group.trigger();
+    REQUIRE(calls == 4);
+    REQUIRE(r.ok());
+    REQUIRE(r.invoked == 1);
+    REQUIRE(letters.empty());
+    REQUIRE(clock.sleeps() == std::vector<std::chrono::nanoseconds>{10ms, 20ms, 25ms});
+    const cbm::CallbackMetrics m = group.metrics().callbacks.at(0);
+    REQUIRE(m.retries == 3);
+    REQUIRE(m.invoked == 4);  // attempts
+}
+
+TEST_CASE("a callback that fails for good reaches the dead-letter handler once, with key, name, error and attempts",
+          "[resilience][dead_letter]") {
+    ManualClock clock;
+    cbm::CallbackRegistry<int, void()> registry(GroupOptions{.clock = &clock});
+    std::vector<std::string> letters;
+    registry.set_dead_letter_handler([&](const cbm::DeadLetter& d) {
+        std::string what;
+        try {
+            std::rethrow_exception(d.error);
+        } catch (const std::exception& e) {
+            what = e.what();
+        }
+        letters.push_back(std::string(d.key) + "/" + std::string(d.name) + "/" + what + "/" + std::to_string(d.attempts));
+    });
+    registry.add(7, [] { throw std::runtime_error("partner down"); }, {.name = "partner", .retry = {.attempts = 3, .jitter = 0.0}});
+    registry.add(7, [] { throw std::logic_error("bug"); }, {.name = "plain"});  // no retry: its first failure is final
+    const cbm::TriggerResult r = registry.trigger(7);
+    REQUIRE(r.failed == 2);
+    REQUIRE(letters == std::vector<std::string>{"7/partner/partner down/3", "7/plain/bug/1"});
+    REQUIRE(clock.sleeps().size() == 2);
+}
+
+TEST_CASE("retries stop early when the trigger's context is canceled", "[resilience][retry]") {
+    ManualClock clock;
+    CallbackGroup<void()> group(GroupOptions{.clock = &clock});
+    auto [ctx, cancel] = cbm::with_cancel({});
+    int calls = 0;
+    std::uint32_t attempts_seen = 0;
+    group.set_dead_letter_handler([&](const cbm::DeadLetter& d) { attempts_seen = d.attempts; });
+    group.add([&, cancel = cancel] {
+        ++calls;
+        cancel();
+        throw std::runtime_error("no");
+    }, {.retry = {.attempts = 5}});
+    group.trigger(ctx);
+    REQUIRE(calls == 1);
+    REQUIRE(attempts_seen == 1);
+    REQUIRE(clock.sleeps().empty());
+}
+
+TEST_CASE("jitter keeps every wait within [1 - jitter, 1 + jitter] of the nominal backoff", "[resilience][retry]") {
+    const cbm::RetryOptions r{.attempts = 10, .initial_backoff = 100ms, .multiplier = 3.0, .max_backoff = 2s, .jitter = 0.25};
+    bool varied = false;
+    for (std::uint32_t attempt = 1; attempt < 10; ++attempt) {
+        double nominal = 100e6;
+        for (std::uint32_t i = 1; i < attempt; ++i) nominal = std::min(nominal * 3.0, 2e9);
+        for (int sample = 0; sample < 200; ++sample) {
+            const double d = static_cast<double>(cbm::detail::backoff_after(r, attempt).count());
+            REQUIRE(d >= nominal * 0.75 - 1);
+            REQUIRE(d <= nominal * 1.25 + 1);
+            varied = varied || std::abs(d - nominal) > nominal * 0.01;
+        }
+    }
+    REQUIRE(varied);
+}
+
+TEST_CASE("a circuit breaker opens after K consecutive failures, skips during the cool-down, then one trial decides",
+          "[resilience][circuit]") {
+    ManualClock clock;
+    CallbackGroup<void()> group(GroupOptions{.metrics = true, .clock = &clock});
+    bool failing = true;
+    int calls = 0;
+    group.add([&] {
+        ++calls;
+        if (failing) throw std::runtime_error("down");
+    }, {.name = "partner", .circuit_breaker = {.failures = 3, .cool_down = 1s}});
+    for (int i = 0; i < 3; ++i) REQUIRE(group.trigger().failed == 1);
+    REQUIRE(group.metrics().callbacks[0].circuit_open);
+
+    cbm::TriggerResult skipped = group.trigger();  // open: not called
+    REQUIRE(calls == 3);
+    REQUIRE(skipped.invoked == 0);
+    REQUIRE(skipped.skipped == 1);
+
+    clock.advance(1s);
+    REQUIRE(group.trigger().failed == 1);  // the trial fails: open again
+    REQUIRE(calls == 4);
+    group.trigger();
+    REQUIRE(calls == 4);
+
+    clock.advance(1s);
+    failing = false;
+    REQUIRE(group.trigger().ok());  // the trial succeeds: closed
+    REQUIRE_FALSE(group.metrics().callbacks[0].circuit_open);
+    group.trigger();
+    REQUIRE(calls == 6);
+    const cbm::CallbackMetrics m = group.metrics().callbacks[0];
+    REQUIRE(m.skipped_circuit_open == 2);
+    REQUIRE(m.failed == 4);
+}
+
+TEST_CASE("while the circuit is half open, exactly one trial runs and concurrent triggers skip",
+          "[resilience][circuit][race]") {
+    for (int round = 0; round < 50; ++round) {
+        ManualClock clock;
+        CallbackGroup<void()> group(GroupOptions{.metrics = true, .clock = &clock});
+        std::atomic<bool> failing{true};
+        std::atomic<int> running{0};
+        std::atomic<int> max_running{0};
+        cbm_test::Gate release;
+        group.add([&] {
+            const int now_running = running.fetch_add(1) + 1;
+            int seen = max_running.load();
+            while (seen < now_running && !max_running.compare_exchange_weak(seen, now_running)) {
+            }
+            if (!failing.load()) release.wait();
+            running.fetch_sub(1);
+            if (failing.load()) throw std::runtime_error("down");
+        }, {.circuit_breaker = {.failures = 1, .cool_down = 1s}});
+        group.trigger();  // opens
+        clock.advance(2s);
+        failing = false;
+        std::atomic<int> finished{0};
+        std::vector<std::thread> threads;
+        for (int t = 0; t < 4; ++t) {
+            threads.emplace_back([&] {
+                group.trigger();
+                finished.fetch_add(1);
+            });
+        }
+        // Three triggers skip while the one trial blocks.
+        const bool others_skipped = cbm_test::eventually([&] { return finished.load() == 3; });
+        release.open();
+        for (auto& t : threads) t.join();
+        REQUIRE(others_skipped);
+        REQUIRE(max_running.load() == 1);
+        REQUIRE(group.metrics().callbacks[0].skipped_circuit_open == 3);
+        REQUIRE_FALSE(group.metrics().callbacks[0].circuit_open);
+    }
+}
+
+TEST_CASE("a timeout gives each attempt a child context with that deadline, and an overrun fails with deadline_exceeded",
+          "[resilience][timeout]") {
+    ManualClock clock;
+    CallbackGroup<void(int)> group(GroupOptions{.metrics = true, .clock = &clock});
+    std::vector<std::error_code> errors;
+    group.set_dead_letter_handler([&](const cbm::DeadLetter& d) { errors.push_back(code_of(d.error)); });
+    bool saw_deadline = false;
+    group.add([&](int work_ms) {
+        saw_deadline = cbm::current_context().deadline().has_value();
+        clock.advance(std::chrono::milliseconds(work_ms));  // "takes" that long
+    }, {.name = "slow", .timeout = 50ms});
+    REQUIRE(group.trigger(10).ok());
+    REQUIRE(saw_deadline);
+    const cbm::TriggerResult r = group.trigger(80);
+    REQUIRE(r.failed == 1);
+    REQUIRE(code_of(r.failures[0].error) == cbm::errc::deadline_exceeded);
+    REQUIRE(errors == std::vector<std::error_code>{cbm::errc::deadline_exceeded});
+    REQUIRE(group.metrics().callbacks[0].timed_out == 1);
+}
+
+TEST_CASE("a callback that waits on its context is woken by its timeout (real clock)", "[resilience][timeout]") {
+    CallbackGroup<void()> group;
+    bool woken_by_deadline = false;
+    group.add([&] {
+        const cbm::Context& ctx = cbm::current_context();
+        woken_by_deadline = ctx.wait_for(10s) && ctx.err() == cbm::errc::deadline_exceeded;
+    }, {.timeout = 5ms});
+    const cbm::TriggerResult r = group.trigger();
+    REQUIRE(woken_by_deadline);
+    REQUIRE(r.failed == 1);
+    REQUIRE(code_of(r.failures[0].error) == cbm::errc::deadline_exceeded);
+}
+
+TEST_CASE("resilience settings that make no sense are refused at add, and nothing is registered", "[resilience]") {
+    CallbackGroup<void()> group;
+    auto f = [] {};
+    REQUIRE_THROWS_AS(group.add(f, {.timeout = -1ms}), std::invalid_argument);
+    REQUIRE_THROWS_AS(group.add(f, {.retry = {.attempts = 0}}), std::invalid_argument);
+    REQUIRE_THROWS_AS(group.add(f, {.retry = {.attempts = 2, .multiplier = 0.5}}), std::invalid_argument);
+    REQUIRE_THROWS_AS(group.add(f, {.retry = {.attempts = 2, .jitter = 1.5}}), std::invalid_argument);
+    REQUIRE_THROWS_AS(group.add(f, {.retry = {.initial_backoff = 2s, .max_backoff = 1s}}), std::invalid_argument);
+    REQUIRE_THROWS_AS(group.add(f, {.circuit_breaker = {.failures = 1, .cool_down = -1s}}), std::invalid_argument);
+    REQUIRE_THROWS_AS(group.add(f, {.once = true, .circuit_breaker = {.failures = 1}}), std::invalid_argument);
+    REQUIRE(group.empty());
+}
