@@ -1,0 +1,43 @@
+// README: a flaky partner callback behind a timeout, retries and a circuit
+// breaker, with a dead-letter handler so that no failure goes unseen.
+#include <cbm/cbm.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <stdexcept>
+#include <string>
+
+using namespace std::chrono_literals;
+
+int main() {
+    cbm::CallbackRegistry<std::string, void(int)> events(cbm::GroupOptions{.metrics = true});
+    events.set_dead_letter_handler([](const cbm::DeadLetter& d) {
+        try {
+            std::rethrow_exception(d.error);
+        } catch (const std::exception& e) {
+            std::printf("dead letter: %.*s/%.*s failed after %u attempts: %s\n", static_cast<int>(d.key.size()),
+                        d.key.data(), static_cast<int>(d.name.size()), d.name.data(), d.attempts, e.what());
+        }
+    });
+
+    int calls = 0;
+    events.add("order.placed", [&calls](int order) {
+        if (++calls % 3 != 0) throw std::runtime_error("partner unavailable");  // fails twice, then works
+        std::printf("partner notified of order %d\n", order);
+    }, {.name = "notify_partner",
+        .timeout = 200ms,                                        // each attempt, cooperatively
+        .retry = {.attempts = 3, .initial_backoff = 1ms},        // 1 ms, then about 2 ms
+        .circuit_breaker = {.failures = 2, .cool_down = 30s}});  // two failed invocations open it
+    events.add("order.placed", [](int) { throw std::logic_error("bug in audit"); }, {.name = "audit"});
+
+    events.trigger("order.placed", 1);  // notify_partner succeeds on its third attempt; audit dead-letters
+    const cbm::CallbackMetrics* partner = nullptr;
+    const cbm::MetricsSnapshot snapshot = events.metrics();
+    for (const auto& m : snapshot.callbacks) {
+        if (m.name == "notify_partner") partner = &m;
+    }
+    std::printf("notify_partner: %llu attempts, %llu retries, circuit %s\n",
+                static_cast<unsigned long long>(partner->invoked), static_cast<unsigned long long>(partner->retries),
+                partner->circuit_open ? "open" : "closed");
+    return partner->retries == 2 && !partner->circuit_open ? 0 : 1;
+}
