@@ -228,3 +228,23 @@ TEST_CASE("counts are exact while many threads trigger and another reads the met
     reader.join();
     for (const auto& m : group.metrics().callbacks) REQUIRE(m.invoked == kThreads * kTriggers);
 }
+
+TEST_CASE("by_key sums the callbacks of each key and merges their latency", "[metrics]") {
+    cbm::CallbackRegistry<std::string, void()> registry(GroupOptions{.metrics = true, .latency_sample_every = 1});
+    registry.add("a", [] {}, {.name = "one", .labels = {{"team", "x"}, {"tier", "1"}}});
+    registry.add("a", [] { throw std::runtime_error("no"); }, {.name = "two", .labels = {{"team", "x"}}});
+    registry.add("b", [] {}, {.name = "three"});
+    registry.trigger("a");
+    registry.trigger("a");
+    registry.trigger("b");
+    std::vector<CallbackMetrics> totals = registry.metrics().by_key();
+    std::sort(totals.begin(), totals.end(), [](const auto& l, const auto& r) { return l.key < r.key; });
+    REQUIRE(totals.size() == 2);
+    REQUIRE(totals[0].key == "a");
+    REQUIRE(totals[0].invoked == 4);
+    REQUIRE(totals[0].failed == 2);
+    REQUIRE(totals[0].latency_ns.count() == 4);
+    REQUIRE(totals[0].labels == cbm::Labels{{"team", "x"}});  // only the shared label
+    REQUIRE(totals[1].key == "b");
+    REQUIRE(totals[1].invoked == 1);
+}

@@ -83,6 +83,15 @@ public:
     // Values recorded in bucket b (for exporters that publish buckets).
     std::uint64_t bucket_count(std::size_t b) const noexcept { return counts_[b]; }
 
+    // Effect: this snapshot also holds `other`'s values (for totals over
+    // several callbacks); the error bound still holds.
+    void merge(const HistogramSnapshot& other) noexcept {
+        for (std::size_t b = 0; b < kBucketCount; ++b) counts_[b] += other.counts_[b];
+        count_ += other.count_;
+        sum_ += other.sum_;
+        max_ = std::max(max_, other.max_);
+    }
+
 private:
     friend class LatencyHistogram;
     std::array<std::uint64_t, kBucketCount> counts_{};

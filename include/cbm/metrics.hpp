@@ -12,6 +12,7 @@
 // sampled value (histogram.hpp).
 #pragma once
 
+#include <algorithm>
 #include <cstdint>
 #include <cstdio>
 #include <stdexcept>
@@ -46,6 +47,39 @@ struct CallbackMetrics {
 // the call (not one global instant).
 struct MetricsSnapshot {
     std::vector<CallbackMetrics> callbacks;
+
+    // One entry per key (in order of first appearance; one entry for a
+    // group): counts summed and latency merged over its callbacks. The name
+    // is empty; labels are those every callback of the key shares.
+    std::vector<CallbackMetrics> by_key() const {
+        std::vector<CallbackMetrics> totals;
+        for (const CallbackMetrics& m : callbacks) {
+            CallbackMetrics* total = nullptr;
+            for (CallbackMetrics& t : totals) {
+                if (t.key == m.key) total = &t;
+            }
+            if (total == nullptr) {
+                totals.push_back(CallbackMetrics{});
+                total = &totals.back();
+                total->key = m.key;
+                total->labels = m.labels;
+            } else {
+                std::erase_if(total->labels, [&](const auto& label) {
+                    return std::find(m.labels.begin(), m.labels.end(), label) == m.labels.end();
+                });
+            }
+            total->invoked += m.invoked;
+            total->failed += m.failed;
+            total->skipped_filtered += m.skipped_filtered;
+            total->skipped_canceled += m.skipped_canceled;
+            total->skipped_circuit_open += m.skipped_circuit_open;
+            total->timed_out += m.timed_out;
+            total->retries += m.retries;
+            total->circuit_open = total->circuit_open || m.circuit_open;
+            total->latency_ns.merge(m.latency_ns);
+        }
+        return totals;
+    }
 };
 
 namespace detail {

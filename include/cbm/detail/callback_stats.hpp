@@ -92,10 +92,13 @@ struct CallbackStats {
 };
 
 // Decides which invocations are timed: one in `every` on each thread, so
-// that the clock reads (two per timed call) stay off most calls.
+// that the clock reads (two per timed call) stay off most calls. One
+// countdown per thread serves all groups: where groups with different
+// periods interleave on a thread, each gets about its period (a shorter
+// period takes effect at once; every == 1 times every call).
 inline bool sample_this_call(std::uint32_t every) noexcept {
     thread_local std::uint32_t countdown = 0;
-    if (countdown == 0) {
+    if (countdown == 0 || countdown >= every) {
         countdown = every - 1;
         return true;
     }
