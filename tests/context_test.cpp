@@ -252,7 +252,7 @@ TEST_CASE("cancel returns only after a descendant that another thread is cancell
     REQUIRE_FALSE(grandchild.canceled());
     std::atomic<bool> parent_cancel_returned{false};
     bool grandchild_canceled_at_return = false;
-    std::thread a([&, cancel_parent = cancel_parent] {
+    std::thread a([&, cancel_parent = cancel_parent, grandchild = grandchild] {
         cancel_parent();
         grandchild_canceled_at_return = grandchild.canceled();
         parent_cancel_returned = true;
@@ -275,7 +275,7 @@ TEST_CASE("a cancel made from a stop_callback during another cancellation on the
     auto [child, cancel_child] = cbm::with_cancel(parent);
     auto [grandchild, cancel_grandchild] = cbm::with_cancel(child);
     bool reentered = false;
-    std::stop_callback on_parent(parent.done(), [&, cancel_child = cancel_child] {
+    std::stop_callback on_parent(parent.done(), [&, cancel_child = cancel_child, cancel_grandchild = cancel_grandchild] {
         cancel_child();  // the child is not canceled yet: this call does it
         cancel_grandchild();
         reentered = true;
@@ -693,7 +693,7 @@ TEST_CASE("with_stop_token derives a context that a std::jthread's stop request 
     std::atomic<bool> child_canceled{false};
     Gate has_context;
     Context from_thread;
-    std::jthread worker([&](std::stop_token token) {
+    std::jthread worker([&, root = root](std::stop_token token) {
         auto [ctx, cancel] = cbm::with_stop_token(root, std::move(token));
         from_thread = ctx;
         has_context.open();
