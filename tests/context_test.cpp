@@ -23,6 +23,7 @@
 #include "test_support.hpp"
 
 using namespace std::chrono_literals;
+using cbm_test::code_of;
 using cbm::Context;
 using cbm_test::Counter;
 using cbm_test::eventually;
@@ -66,15 +67,6 @@ std::string what_of(const std::exception_ptr& e) {
     }
 }
 
-std::error_code code_of(const std::exception_ptr& e) {
-    try {
-        std::rethrow_exception(e);
-    } catch (const std::system_error& ex) {
-        return ex.code();
-    } catch (...) {
-        return {};
-    }
-}
 
 }  // namespace
 

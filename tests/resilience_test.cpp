@@ -18,6 +18,7 @@
 #include "test_support.hpp"
 
 using namespace std::chrono_literals;
+using cbm_test::code_of;
 using cbm::CallbackGroup;
 using cbm::GroupOptions;
 
@@ -50,15 +51,6 @@ private:
     std::vector<std::chrono::nanoseconds> sleeps_;
 };
 
-std::error_code code_of(const std::exception_ptr& e) {
-    try {
-        std::rethrow_exception(e);
-    } catch (const std::system_error& ex) {
-        return ex.code();
-    } catch (...) {
-        return {};
-    }
-}
 
 }  // namespace
 

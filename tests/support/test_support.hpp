@@ -3,10 +3,24 @@
 
 #include <atomic>
 #include <chrono>
+#include <exception>
 #include <stdexcept>
+#include <system_error>
 #include <thread>
 
 namespace cbm_test {
+
+// The error code of the std::system_error an exception_ptr holds ({} for any
+// other exception).
+inline std::error_code code_of(const std::exception_ptr& e) {
+    try {
+        std::rethrow_exception(e);
+    } catch (const std::system_error& ex) {
+        return ex.code();
+    } catch (...) {
+        return {};
+    }
+}
 
 // Counts constructions and destructions of objects that share one Counter;
 // a destruction of an object that is not alive (double destruction) is

@@ -171,26 +171,23 @@ struct Anchor {
         if (o) observers.push_back(o);
         observer.store(o.get(), std::memory_order_release);
     }
-    std::shared_ptr<const DeadLetterHandler> dead_letter_handler() {
+    std::shared_ptr<const DeadLetterHandler> dead_letter_handler() { return read_locked(dead_letter); }
+    void set_dead_letter_handler(DeadLetterHandler h) { replace_locked(dead_letter, std::move(h)); }
+    std::shared_ptr<const ErrorHandler> error_handler() { return read_locked(handler); }
+    void set_error_handler(ErrorHandler h) { replace_locked(handler, std::move(h)); }
+
+private:
+    template <class F>
+    std::shared_ptr<const F> read_locked(const std::shared_ptr<const F>& slot) {
         std::lock_guard<std::mutex> lock(handler_mutex);
-        return dead_letter;
+        return slot;
     }
-    void set_dead_letter_handler(DeadLetterHandler h) {
-        auto shared = h ? std::make_shared<const DeadLetterHandler>(std::move(h)) : nullptr;
+    template <class F>
+    void replace_locked(std::shared_ptr<const F>& slot, F h) {
+        auto shared = h ? std::make_shared<const F>(std::move(h)) : nullptr;
         {
             std::lock_guard<std::mutex> lock(handler_mutex);
-            dead_letter.swap(shared);
-        }
-    }
-    std::shared_ptr<const ErrorHandler> error_handler() {
-        std::lock_guard<std::mutex> lock(handler_mutex);
-        return handler;
-    }
-    void set_error_handler(ErrorHandler h) {
-        auto shared = h ? std::make_shared<const ErrorHandler>(std::move(h)) : nullptr;
-        {
-            std::lock_guard<std::mutex> lock(handler_mutex);
-            handler.swap(shared);
+            slot.swap(shared);
         }
         // `shared` now holds the old handler: destroyed here, unlocked, since
         // its destructor is user code.

@@ -160,18 +160,10 @@ std::exception_ptr invoke_instrumented(Node<Signature>& node, Anchor& anchor, st
         return error;
     }
     CallbackObserver* observer = anchor.observer.load(std::memory_order_acquire);
-    if (observer == nullptr && !sampled && !sample_this_call(anchor.latency_sample_every)) {  // the common case
-        try {
-            CallbackAccess::invoke(node.fn(), args...);
-        } catch (...) {
-            error = std::current_exception();
-            CallbackStats::bump(stats->failed);
-        }
-        stats->invoked.add_from(thread_index);
-        return error;
-    }
+    const bool timed = observer != nullptr || sampled || sample_this_call(anchor.latency_sample_every);
     const CallbackEvent event{stats->key_text, node.name, stats->labels};
-    const auto start = std::chrono::steady_clock::now();
+    std::chrono::steady_clock::time_point start{};
+    if (timed) start = std::chrono::steady_clock::now();
     if (observer != nullptr) observer->on_begin(event);
     try {
         CallbackAccess::invoke(node.fn(), args...);
@@ -180,9 +172,12 @@ std::exception_ptr invoke_instrumented(Node<Signature>& node, Anchor& anchor, st
         CallbackStats::bump(stats->failed);
     }
     stats->invoked.add_from(thread_index);
-    const auto duration = std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start);
-    stats->latency.record(static_cast<std::uint64_t>(duration.count() < 0 ? 0 : duration.count()));
-    if (observer != nullptr) observer->on_end(event, duration, error);
+    if (timed) {
+        const auto duration =
+            std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start);
+        stats->latency.record(static_cast<std::uint64_t>(duration.count() < 0 ? 0 : duration.count()));
+        if (observer != nullptr) observer->on_end(event, duration, error);
+    }
     return error;
 }
 

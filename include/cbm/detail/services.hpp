@@ -42,6 +42,17 @@ inline void join_or_detach(std::thread& t, bool still_busy) noexcept {
     }
 }
 
+// Makes the C++ runtime call Service::shared().shut_down() at exit (once,
+// however often this is called): a function-local static's destructor.
+template <class Service>
+void register_exit_guard() {
+    struct Guard {
+        ~Guard() { Service::shared().shut_down(); }
+    };
+    static Guard guard;
+    (void)guard;
+}
+
 // An object constructed on first use and never destroyed.
 template <class T>
 T& immortal() {
@@ -89,7 +100,7 @@ public:
         sift_up(entry->heap_index);
         if (!thread_.joinable()) {
             try {
-                if (this == &shared()) register_exit_guard();
+                if (this == &shared()) register_exit_guard<TimerService>();
                 thread_ = std::thread([this] { run(); });
             } catch (...) {
                 remove_at(entry->heap_index);
@@ -142,14 +153,6 @@ public:
     // End of public interface. Implementation details follow.
 
 private:
-    static void register_exit_guard() {
-        struct Guard {
-            ~Guard() { shared().shut_down(); }
-        };
-        static Guard guard;
-        (void)guard;
-    }
-
     void run() {
         std::unique_lock<std::mutex> lock(mutex_);
         while (!stopping_) {
@@ -269,7 +272,7 @@ public:
                     return;
                 }
                 try {
-                    if (this == &shared()) register_exit_guard();
+                    if (this == &shared()) register_exit_guard<AsyncRunner>();
                     threads_.emplace_back([this] { work(); });
                     return;
                 } catch (...) {
@@ -314,14 +317,6 @@ public:
     // End of public interface. Implementation details follow.
 
 private:
-    static void register_exit_guard() {
-        struct Guard {
-            ~Guard() { shared().shut_down(); }
-        };
-        static Guard guard;
-        (void)guard;
-    }
-
     // Under mutex_: takes back the task just queued.
     void unlink_last(RunnerTask* t) noexcept {
         RunnerTask** link = &head_;
