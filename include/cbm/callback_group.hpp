@@ -2,52 +2,25 @@
 // of callbacks that any thread may add to, trigger and unregister from.
 #pragma once
 
-#include <chrono>
 #include <cstddef>
 #include <memory>
-#include <mutex>
-#include <stdexcept>
 #include <stop_token>
-#include <string>
 #include <type_traits>
 #include <utility>
 
-#include "callback.hpp"
+#include "callback_options.hpp"
 #include "context.hpp"
 #include "detail/callback_list.hpp"
-#include "detail/context_binding.hpp"
-#include "detail/dispatch.hpp"
+#include "detail/group_core.hpp"
+#include "detail/trigger_loop.hpp"
+#include "detail/unregister.hpp"
 #include "error_policy.hpp"
 #include "group_options.hpp"
 #include "metrics.hpp"
-#include "resilience.hpp"
+#include "observer.hpp"
 #include "registration.hpp"
 
 namespace cbm {
-
-// Per-callback options. Fields are declared in this order so that designated
-// initializers work: {.priority = 10, .once = true, .name = "audit", .filter = f,
-// .context = ctx, .labels = {{"team", "payments"}}}.
-template <class Signature>
-struct CallbackOptions {
-    int priority = 0;    // higher runs first; equal priorities run in registration order
-    bool once = false;   // run at most once across all threads, then become unregistered
-    std::string name = {};  // reported in Failure::name
-    typename detail::FilterOf<Signature>::type filter = {};  // run only where this returns true
-    // Unregistered (as by unregister_nowait) when this context is canceled;
-    // never registered if it is canceled already. Background: no effect.
-    Context context = {};
-    // Metric labels (instrumented groups export them; see metrics.hpp).
-    // Throws std::invalid_argument from add() for a name Prometheus rejects.
-    Labels labels = {};
-    // Resilience (resilience.hpp): a deadline per attempt (0: none), retries
-    // with backoff, a circuit breaker. add() throws std::invalid_argument for
-    // settings that make no sense (negative times, 0 attempts, a multiplier
-    // below 1, jitter outside [0, 1], a breaker on a `once` callback).
-    std::chrono::nanoseconds timeout{0};
-    RetryOptions retry = {};
-    CircuitBreakerOptions circuit_breaker = {};
-};
 
 template <class Signature>
 class CallbackGroup;
@@ -67,11 +40,10 @@ public:
     using options_type = CallbackOptions<signature>;
 
     // Effect: an empty group with the given error policy (see ErrorPolicy).
-    explicit CallbackGroup(ErrorPolicy policy = ErrorPolicy::collect) : anchor_(new detail::Anchor(policy)) {}
+    explicit CallbackGroup(ErrorPolicy policy = ErrorPolicy::collect)
+        : CallbackGroup(GroupOptions{.error_policy = policy}) {}
     // Effect: an empty group with these options (error policy, metrics).
-    explicit CallbackGroup(GroupOptions options)
-        : anchor_(new detail::Anchor(options.error_policy, options.metrics, options.latency_sample_every,
-                                     options.clock)) {}
+    explicit CallbackGroup(GroupOptions options) : core_(options, "CallbackGroup", "group") {}
     CallbackGroup(const CallbackGroup&) = delete;
     CallbackGroup& operator=(const CallbackGroup&) = delete;
 
@@ -81,7 +53,7 @@ public:
     // Blocks: while other threads run callbacks of this group.
     // Precondition: not called from inside a callback of this group.
     ~CallbackGroup() {
-        detail::shut_down(anchor_, [this](detail::TakenNodes& taken) { taken.take_all(*anchor_, core_); });
+        core_.shut_down([this](detail::TakenNodes& taken) { taken.take_all(core_.state(), list_); });
     }
 
     // Effect: registers `f` (anything callable as void(Args...)) with `options`.
@@ -94,24 +66,9 @@ public:
     template <class F>
         requires std::is_invocable_v<std::decay_t<F>&, Args...>
     Registration add(F&& f, options_type options = {}) {
-        detail::check_labels(options.labels);
-        const Context bound = std::move(options.context);
-        detail::ContextBinding binding(bound);
-        auto* node = detail::make_node<signature>(*anchor_, std::forward<F>(f), std::move(options));
-        if (binding.already_canceled()) return Registration(detail::make_unregistered(node));
-        detail::ReclaimBatch batch;
-        try {
-            std::lock_guard<std::mutex> lock(anchor_->mutex);
-            core_.insert(node, anchor_->retired);
-            anchor_->retired.maybe_reclaim(batch);
-        } catch (...) {
-            node->refs.store(1, std::memory_order_relaxed);
-            node->release_ref();
-            throw;
-        }
-        Registration registration(node);
-        binding.attach(registration);
-        return registration;
+        return Registration(core_.add(std::forward<F>(f), std::move(options), {}, [this](detail::NodeBase* node) {
+            list_.insert(node, core_.state().retired);
+        }));
     }
 
     // Effect: runs every registered callback in order (priority, then
@@ -126,7 +83,7 @@ public:
     // once stop is requested, the remaining callbacks count as skipped and the
     // result has stopped == true.
     TriggerResult trigger(const std::stop_token& token, Args... args) {
-        return run([&token] { return token.stop_requested(); }, args...);
+        return run(detail::StopWhenRequested{token}, args...);
     }
 
     // Effect: as trigger(args...), but checks `ctx` before each callback:
@@ -134,11 +91,7 @@ public:
     // result has stopped == true. While the callbacks run,
     // cbm::current_context() on this thread is `ctx` (restored afterwards).
     TriggerResult trigger(const Context& ctx, Args... args) {
-        const ContextScope scope(ctx);
-        if (const detail::CancelNode* c = detail::ContextAccess::canceler(ctx)) {
-            return run([c] { return c->state() != detail::kActive; }, args...);
-        }
-        return run(detail::NeverStop{}, args...);
+        return core_.trigger_in(ctx, [&](auto should_stop) { return run(should_stop, args...); });
     }
 
     // Effect: unregisters every callback and waits until none runs on another
@@ -147,79 +100,52 @@ public:
     // reach. Returns how many it unregistered.
     // Blocks: while callbacks of this group run on other threads.
     std::size_t clear() {
-        detail::TakenNodes taken;
-        std::size_t removed = 0;
-        {
-            detail::ReclaimBatch batch;
-            std::lock_guard<std::mutex> lock(anchor_->mutex);
-            removed = taken.take_all(*anchor_, core_);
-            detail::reclaim_soon(*anchor_, batch);
-            anchor_->retired.reclaim_unreachable(batch);
-        }
-        taken.wait_and_destroy();
-        return removed;
+        return core_.take_and_wait([this](detail::TakenNodes& taken) { return taken.take_all(core_.state(), list_); },
+                                   detail::AfterTaking::reclaim_unreachable_now);
     }
 
     // Number of registered callbacks (a moment's value).
-    std::size_t size() const noexcept { return core_.count(); }
+    std::size_t size() const noexcept { return list_.count(); }
     bool empty() const noexcept { return size() == 0; }
 
-    ErrorPolicy error_policy() const noexcept { return anchor_->policy; }
+    ErrorPolicy error_policy() const noexcept { return core_.error_policy(); }
 
     // The numbers of every registered callback (see metrics.hpp). Takes the
     // writer lock briefly; triggers go on meanwhile.
     // Throws: std::logic_error unless constructed with GroupOptions::metrics.
     MetricsSnapshot metrics() const {
-        require_metrics("metrics");
-        MetricsSnapshot snapshot;
-        std::lock_guard<std::mutex> lock(anchor_->mutex);
-        core_.for_each_node([&](detail::NodeBase* n) {
-            if (n->core == &core_ && n->stats != nullptr) {
-                snapshot.callbacks.push_back(
-                    detail::read_stats(*n->stats, n->name, n->resilience != nullptr && n->resilience->circuit_open()));
-            }
-        });
-        return snapshot;
+        return core_.metrics([this](auto&& visit) { visit(list_); });
     }
 
     // Effect: `handler` receives every callback invocation that fails for
     // good (after its retries): key "", name, error, attempts. Pass {} to
     // remove. A handler that throws stops nothing.
-    void set_dead_letter_handler(DeadLetterHandler handler) { anchor_->set_dead_letter_handler(std::move(handler)); }
+    void set_dead_letter_handler(DeadLetterHandler handler) { core_.set_dead_letter_handler(std::move(handler)); }
 
     // Effect: `observer` is told about every invocation from now on (null
     // removes it). Observers set before stay alive until the group goes, as
     // a trigger may still be calling one.
     // Throws: std::logic_error unless constructed with GroupOptions::metrics.
     void set_observer(std::shared_ptr<CallbackObserver> observer) {
-        require_metrics("set_observer");
-        anchor_->set_observer(std::move(observer));
+        core_.set_observer(std::move(observer));
     }
 
     // Effect: `handler` receives every Failure from now on (pass {} to remove).
     // Safety: may be called while triggers run; a trigger uses the handler it
     // saw at its first failure.
-    void set_error_handler(ErrorHandler handler) { anchor_->set_error_handler(std::move(handler)); }
+    void set_error_handler(ErrorHandler handler) { core_.set_error_handler(std::move(handler)); }
 
     // ------------------------------------------------------------------
     // End of public interface. Implementation details follow.
 
 private:
-    void require_metrics(const char* what) const {
-        if (!anchor_->metrics) {
-            throw std::logic_error(std::string("cbm::CallbackGroup::") + what +
-                                   ": metrics are off; construct the group with GroupOptions{.metrics = true}");
-        }
-    }
-
     template <class ShouldStop>
     TriggerResult run(ShouldStop&& should_stop, Args&... args) {
-        detail::TriggerScope scope(anchor_);
-        return detail::run_list<signature>(scope, core_, *anchor_, should_stop, args...);
+        return core_.trigger([this] { return &list_; }, should_stop, args...);
     }
 
-    detail::Anchor* anchor_;
-    detail::ListCore core_;
+    detail::GroupCore<signature> core_;
+    detail::CallbackList list_;
 };
 
 }  // namespace cbm

@@ -1,16 +1,22 @@
 // cbm/cbm.hpp - the whole library in one include.
 #pragma once
 
+#include "after_func.hpp"
 #include "callback.hpp"
 #include "callback_group.hpp"
+#include "callback_options.hpp"
 #include "callback_registry.hpp"
 #include "context.hpp"
 #include "errc.hpp"
 #include "error_policy.hpp"
+#include "group_options.hpp"
 #include "histogram.hpp"
 #include "metrics.hpp"
+#include "observer.hpp"
 #include "once.hpp"
+#include "prometheus.hpp"
 #include "registration.hpp"
+#include "resilience.hpp"
 #include "snapshot.hpp"
 #include "trace.hpp"
 #include "version.hpp"

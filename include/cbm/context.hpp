@@ -1,4 +1,6 @@
-// cbm/context.hpp - Go's context package for C++20, built on std::stop_token.
+// cbm/context.hpp - Go's context package for C++20, built on std::stop_token:
+// Context, CancelFunc, CancelCauseFunc and the with_* functions (AfterFunc is
+// in after_func.hpp, included at the end, so this header is the whole package).
 //
 //   auto [ctx, cancel] = cbm::with_cancel(cbm::Context::background());
 //   auto [tctx, tcancel] = cbm::with_timeout(ctx, 50ms);
@@ -34,7 +36,6 @@
 // (as for std::shared_ptr).
 #pragma once
 
-#include <atomic>
 #include <chrono>
 #include <condition_variable>
 #include <cstdint>
@@ -48,29 +49,14 @@
 #include <type_traits>
 #include <utility>
 
-#include "callback.hpp"
 #include "detail/context_node.hpp"
-#include "detail/services.hpp"
+#include "detail/intrusive_ref.hpp"
 #include "errc.hpp"
 
 namespace cbm {
 
-class Context;
-class StopFunc;
-
 namespace detail {
 struct ContextAccess;
-inline thread_local const Context* current_context_slot = nullptr;
-
-// A with_value() node. Its key's type is T, so a key match identifies it.
-template <class T>
-struct ValueNode final : ContextNode {
-    template <class V>
-    ValueNode(const void* k, V&& v) : stored(std::forward<V>(v)) {
-        key = k;
-    }
-    T stored;
-};
 }  // namespace detail
 
 // A typed key for Context values (Go's context.WithValue key). Its identity
@@ -101,15 +87,6 @@ public:
 
     // Effect: background(). Never throws, allocates nothing.
     Context() noexcept = default;
-    Context(const Context& other) noexcept : node_(other.node_) {
-        if (node_ != nullptr) node_->add_ref();
-    }
-    Context(Context&& other) noexcept : node_(std::exchange(other.node_, nullptr)) {}
-    Context& operator=(Context other) noexcept {
-        std::swap(node_, other.node_);
-        return *this;
-    }
-    ~Context() { detail::release(node_); }
 
     // The root: never canceled, no deadline, no values (Go: Background()).
     static Context background() noexcept { return Context(); }
@@ -133,8 +110,9 @@ public:
     // The time at which this context is canceled with deadline_exceeded (the
     // earliest deadline on its chain), if any.
     std::optional<clock::time_point> deadline() const noexcept {
-        if (node_ == nullptr || node_->deadline == detail::kNoDeadline) return std::nullopt;
-        return node_->deadline;
+        const detail::ContextNode* n = ref_.get();
+        if (n == nullptr || n->deadline == detail::kNoDeadline) return std::nullopt;
+        return n->deadline;
     }
 
     // The value bound to `key` by the nearest with_value() up the chain, or
@@ -142,7 +120,7 @@ public:
     // Walks the chain (O(depth), as in Go); never blocks.
     template <class T>
     const T* value(const ContextKey<T>& key) const noexcept {
-        for (const detail::ContextNode* n = node_; n != nullptr; n = n->parent) {
+        for (const detail::ContextNode* n = ref_.get(); n != nullptr; n = n->parent) {
             if (n->key == &key) return &static_cast<const detail::ValueNode<T>*>(n)->stored;
         }
         return nullptr;
@@ -186,7 +164,7 @@ public:
     }
 
     // True if both handles name the same context.
-    friend bool operator==(const Context& a, const Context& b) noexcept { return a.node_ == b.node_; }
+    friend bool operator==(const Context& a, const Context& b) noexcept { return a.ref_ == b.ref_; }
 
     // ------------------------------------------------------------------
     // End of public interface. Implementation details follow.
@@ -194,11 +172,17 @@ public:
 private:
     friend struct detail::ContextAccess;
 
-    explicit Context(detail::ContextNode* adopted) noexcept : node_(adopted) {}
-    detail::CancelNode* canceler() const noexcept { return node_ != nullptr ? node_->canceler : nullptr; }
+    using Ref = detail::IntrusiveRef<detail::ContextNode, detail::ContextRefOps>;
+    explicit Context(detail::ContextNode* adopted) noexcept : ref_(Ref::adopt(adopted)) {}
+    detail::CancelNode* canceler() const noexcept { return ref_ ? ref_->canceler : nullptr; }
 
-    detail::ContextNode* node_ = nullptr;
+    Ref ref_;
 };
+
+namespace detail {
+// What current_context() returns; set by ContextScope.
+inline thread_local const Context* current_context_slot = nullptr;
+}  // namespace detail
 
 // The context of the callbacks running on this thread: set by
 // CallbackGroup::trigger(ctx, ...) and CallbackRegistry::trigger(ctx, ...),
@@ -231,15 +215,6 @@ private:
 class CancelFunc {
 public:
     CancelFunc() noexcept = default;  // does nothing when called
-    CancelFunc(const CancelFunc& other) noexcept : node_(other.node_) {
-        if (node_ != nullptr) node_->add_ref();
-    }
-    CancelFunc(CancelFunc&& other) noexcept : node_(std::exchange(other.node_, nullptr)) {}
-    CancelFunc& operator=(CancelFunc other) noexcept {
-        std::swap(node_, other.node_);
-        return *this;
-    }
-    ~CancelFunc() { detail::release(node_); }
 
     // Effect: cancels the context with errc::canceled, unless it was
     // canceled already. Idempotent and thread-safe. Every descendant is
@@ -247,7 +222,7 @@ public:
     // affected context's mutex briefly); std::stop_callbacks registered on
     // the contexts' tokens run inline, on this thread.
     void operator()() const noexcept {
-        if (node_ != nullptr) detail::cancel_tree(node_, detail::kCanceled, nullptr);
+        if (node_) detail::cancel_tree(node_.get(), detail::kCanceled, nullptr);
     }
 
     // ------------------------------------------------------------------
@@ -255,30 +230,22 @@ public:
 
 private:
     friend struct detail::ContextAccess;
-    explicit CancelFunc(detail::CancelNode* counted) noexcept : node_(counted) {}
+    using Ref = detail::IntrusiveRef<detail::CancelNode, detail::ContextRefOps>;
+    explicit CancelFunc(detail::CancelNode* counted) noexcept : node_(Ref::adopt(counted)) {}
 
-    detail::CancelNode* node_ = nullptr;
+    Ref node_;
 };
 
 // Cancels its context with a cause (Go's context.CancelCauseFunc).
 class CancelCauseFunc {
 public:
     CancelCauseFunc() noexcept = default;
-    CancelCauseFunc(const CancelCauseFunc& other) noexcept : node_(other.node_) {
-        if (node_ != nullptr) node_->add_ref();
-    }
-    CancelCauseFunc(CancelCauseFunc&& other) noexcept : node_(std::exchange(other.node_, nullptr)) {}
-    CancelCauseFunc& operator=(CancelCauseFunc other) noexcept {
-        std::swap(node_, other.node_);
-        return *this;
-    }
-    ~CancelCauseFunc() { detail::release(node_); }
 
     // Effect: as CancelFunc, and cause(ctx) reports `cause` (if this call is
     // the first cancellation). A null cause reports an error equal to
     // errc::canceled, as Go's cancel(nil) does.
     void operator()(std::exception_ptr cause = nullptr) const noexcept {
-        if (node_ != nullptr) detail::cancel_tree(node_, detail::kCanceled, cause);
+        if (node_) detail::cancel_tree(node_.get(), detail::kCanceled, cause);
     }
 
     // Effect: as above with a std::system_error(code) as the cause (an empty
@@ -296,197 +263,29 @@ public:
 
 private:
     friend struct detail::ContextAccess;
-    explicit CancelCauseFunc(detail::CancelNode* counted) noexcept : node_(counted) {}
+    using Ref = detail::IntrusiveRef<detail::CancelNode, detail::ContextRefOps>;
+    explicit CancelCauseFunc(detail::CancelNode* counted) noexcept : node_(Ref::adopt(counted)) {}
 
-    detail::CancelNode* node_ = nullptr;
+    Ref node_;
 };
 
 namespace detail {
 
-// An after_func registration: a listener on the context, a task for the
-// runner, and what StopFunc points at.
-struct AfterFuncEntry final : CancelListener, RunnerTask {
-    static constexpr std::uint8_t kPending = 0;
-    static constexpr std::uint8_t kStopped = 1;
-    static constexpr std::uint8_t kStarted = 2;
-
-    AfterFuncEntry(Callback<void()>&& f, const Context& c) noexcept : fn(std::move(f)), ctx(c) {}
-
-    std::atomic<std::uint32_t> refs{1};
-    std::atomic<std::uint8_t> state{kPending};  // pending -> stopped | started, once
-    Callback<void()> fn;                        // touched only by whoever moved state off pending
-    CancelNode* node = nullptr;                 // counted; null for a context never canceled
-    Context ctx;                                // current_context() while f runs
-
-    void add_ref() noexcept { refs.fetch_add(1, std::memory_order_relaxed); }
-
-    bool claim(std::uint8_t next) noexcept {
-        std::uint8_t expected = kPending;
-        return state.compare_exchange_strong(expected, next, std::memory_order_acq_rel);
-    }
-
-    // CancelListener: the context was canceled; run f elsewhere.
-    void fire() noexcept override {
-        add_ref();
-        AsyncRunner::shared().post(this);
-    }
-    bool obsolete() const noexcept override { return state.load(std::memory_order_acquire) != kPending; }
-    void release() noexcept override {
-        if (refs.fetch_sub(1, std::memory_order_acq_rel) == 1) {
-            detail::release(node);
-            delete this;
-        }
-    }
-
-    // RunnerTask. An exception escaping f calls std::terminate (as it would
-    // on a std::thread): there is no caller to report it to.
-    void run() noexcept override {
-        if (claim(kStarted)) {
-            const ContextScope scope(ctx);
-            CallbackAccess::invoke(fn);
-            fn.reset();
-        }
-        release();
-    }
-    void discard() noexcept override { release(); }
-
-    bool stop() noexcept {
-        if (!claim(kStopped)) return false;
-        if (node != nullptr && remove_listener(node, this)) release();  // the list's reference
-        fn.reset();
-        return true;
-    }
-
-private:
-    ~AfterFuncEntry() = default;
-};
-
-// A CancelNode that is also canceled by an external std::stop_token.
-struct StopTokenNode final : CancelNode {
-    struct OnStop {
-        StopTokenNode* node;
-        // Holds a reference while cancelling: the cancellation may drop
-        // every other one. If the count already reached zero, the node is
-        // being destroyed by a thread that waits (in ~stop_callback) for
-        // this call: there is nothing left to cancel.
-        void operator()() const noexcept {
-            if (!node->try_add_ref()) return;
-            cancel_tree(node, kCanceled, nullptr);
-            release(node);  // may destroy the node, and this callback with it (allowed on its own thread)
-        }
-    };
-    // Destroyed first (it is the last member), so a concurrent invocation
-    // finishes before the rest of the node goes.
-    std::optional<std::stop_callback<OnStop>> on_stop;
-};
-
-
+// cbm's own access to the handles' nodes.
 struct ContextAccess {
-    static ContextNode* node(const Context& c) noexcept { return c.node_; }
+    static ContextNode* node(const Context& c) noexcept { return c.ref_.get(); }
     static CancelNode* canceler(const Context& c) noexcept { return c.canceler(); }
+    // Adopts the caller's reference to `n`.
     static Context adopt(ContextNode* n) noexcept { return Context(n); }
-
-    // A counted reference to the parent node, for a new child.
-    static ContextNode* parent_ref(const Context& parent) noexcept {
-        if (parent.node_ != nullptr) parent.node_->add_ref();
-        return parent.node_;
-    }
-
-    // Builds a cancelable child of `parent` (Go's WithCancel core).
-    template <class Node = CancelNode>
-    static std::pair<Context, Node*> make_cancelable(const Context& parent) {
-        auto* n = new Node();
-        attach_to_parent(n, parent_ref(parent));
-        n->canceler = n;
-        Context handle(n);  // owns the creation reference from here on
-        link_to_canceler(n, parent.canceler());
-        return {std::move(handle), n};
-    }
-
-    // Go's WithDeadlineCause core.
-    static std::pair<Context, CancelNode*> make_with_deadline(const Context& parent, steady_time own_deadline,
-                                                              std::exception_ptr deadline_cause) {
-        const steady_time inherited = parent.node_ != nullptr ? parent.node_->deadline : kNoDeadline;
-        if (!(own_deadline < inherited)) return make_cancelable(parent);  // the parent's comes first
-        auto* n = new TimedNode();
-        attach_to_parent(n, parent_ref(parent));
-        n->canceler = n;
-        Context handle(n);
-        n->deadline = own_deadline;
-        const bool expired = own_deadline <= std::chrono::steady_clock::now();
-        if (!expired) prepare_timer(n, deadline_cause);
-        link_to_canceler(n, parent.canceler());
-        if (expired) {
-            cancel_tree(n, kDeadlineExceeded, deadline_cause);
-        } else {
-            try {
-                arm_timer(n);
-            } catch (...) {
-                cancel_tree(n, kCanceled, nullptr);  // unlinks it from the parent
-                throw;
-            }
-        }
-        return {std::move(handle), n};
-    }
-
-    static StopFunc stop_func(AfterFuncEntry* adopted) noexcept;
-
-    static CancelFunc cancel_func(CancelNode* n) noexcept {
+    // A new handle pair for a new cancelable node (holding one reference).
+    template <class Func>
+    static std::pair<Context, Func> adopt_with(CancelNode* n) noexcept {
         n->add_ref();
-        return CancelFunc(n);
-    }
-    static CancelCauseFunc cancel_cause_func(CancelNode* n) noexcept {
-        n->add_ref();
-        return CancelCauseFunc(n);
+        return {Context(n), Func(n)};
     }
 };
-
-// now + d, saturated: huge timeouts mean "no deadline" instead of overflow.
-template <class Rep, class Period>
-steady_time deadline_after(const std::chrono::duration<Rep, Period>& d) {
-    const steady_time now = std::chrono::steady_clock::now();
-    using Wide = std::chrono::duration<long double, std::nano>;
-    const Wide wide = std::chrono::duration_cast<Wide>(d);
-    if (wide != wide) return now;  // NaN: treat as zero (already expired)
-    if (wide >= Wide(kNoDeadline - now)) return kNoDeadline;
-    // Far in the past: any time before now means "already expired".
-    if (wide <= -Wide(now.time_since_epoch())) return steady_time{};
-    return now + std::chrono::duration_cast<std::chrono::steady_clock::duration>(wide);
-}
 
 }  // namespace detail
-
-// Stops an after_func registration (the function Go's AfterFunc returns).
-class StopFunc {
-public:
-    StopFunc() noexcept = default;  // returns false when called
-    StopFunc(const StopFunc& other) noexcept : entry_(other.entry_) {
-        if (entry_ != nullptr) entry_->add_ref();
-    }
-    StopFunc(StopFunc&& other) noexcept : entry_(std::exchange(other.entry_, nullptr)) {}
-    StopFunc& operator=(StopFunc other) noexcept {
-        std::swap(entry_, other.entry_);
-        return *this;
-    }
-    ~StopFunc() {
-        if (entry_ != nullptr) entry_->release();
-    }
-
-    // Effect: f will not run, if it has not been started.
-    // Returns: true if and only if this call prevented f from running (false
-    // if f was started, or stop() was called before). Never waits for f.
-    bool operator()() const noexcept { return entry_ != nullptr && entry_->stop(); }
-
-    // ------------------------------------------------------------------
-    // End of public interface. Implementation details follow.
-
-private:
-    friend struct detail::ContextAccess;
-
-    explicit StopFunc(detail::AfterFuncEntry* adopted) noexcept : entry_(adopted) {}
-
-    detail::AfterFuncEntry* entry_ = nullptr;
-};
 
 template <class Rep, class Period>
 bool Context::wait_for(const std::chrono::duration<Rep, Period>& timeout) const {
@@ -498,20 +297,18 @@ bool Context::wait_for(const std::chrono::duration<Rep, Period>& timeout) const 
     return wait_until(until);
 }
 
-inline StopFunc detail::ContextAccess::stop_func(detail::AfterFuncEntry* adopted) noexcept { return StopFunc(adopted); }
-
 // Go's WithCancel: a child that is canceled by the returned function or with
 // its parent. Throws: std::bad_alloc (nothing created).
 inline std::pair<Context, CancelFunc> with_cancel(const Context& parent) {
-    auto [ctx, node] = detail::ContextAccess::make_cancelable(parent);
-    return {std::move(ctx), detail::ContextAccess::cancel_func(node)};
+    return detail::ContextAccess::adopt_with<CancelFunc>(
+        detail::make_cancelable_node(detail::ContextAccess::node(parent)));
 }
 
 // Go's WithCancelCause: as with_cancel; the function takes the cause that
 // cbm::cause() then reports.
 inline std::pair<Context, CancelCauseFunc> with_cancel_cause(const Context& parent) {
-    auto [ctx, node] = detail::ContextAccess::make_cancelable(parent);
-    return {std::move(ctx), detail::ContextAccess::cancel_cause_func(node)};
+    return detail::ContextAccess::adopt_with<CancelCauseFunc>(
+        detail::make_cancelable_node(detail::ContextAccess::node(parent)));
 }
 
 // Go's WithDeadlineCause: as with_cancel, and canceled with
@@ -525,8 +322,8 @@ inline std::pair<Context, CancelCauseFunc> with_cancel_cause(const Context& pare
 inline std::pair<Context, CancelFunc> with_deadline_cause(const Context& parent,
                                                           std::chrono::steady_clock::time_point deadline,
                                                           std::exception_ptr cause) {
-    auto [ctx, node] = detail::ContextAccess::make_with_deadline(parent, deadline, std::move(cause));
-    return {std::move(ctx), detail::ContextAccess::cancel_func(node)};
+    return detail::ContextAccess::adopt_with<CancelFunc>(
+        detail::make_deadline_node(detail::ContextAccess::node(parent), deadline, std::move(cause)));
 }
 
 // Go's WithDeadline.
@@ -557,7 +354,9 @@ template <class T, class V>
     requires std::is_constructible_v<T, V&&>
 Context with_value(const Context& parent, const ContextKey<T>& key, V&& value) {
     auto* n = new detail::ValueNode<T>(&key, std::forward<V>(value));
-    detail::attach_to_parent(n, detail::ContextAccess::parent_ref(parent));
+    detail::ContextNode* p = detail::ContextAccess::node(parent);
+    if (p != nullptr) p->add_ref();
+    detail::attach_to_parent(n, p);
     return detail::ContextAccess::adopt(n);
 }
 
@@ -565,7 +364,8 @@ Context with_value(const Context& parent, const ContextKey<T>& key, V&& value) {
 // no deadline, and its done() token has stop_possible() == false.
 inline Context without_cancel(const Context& parent) {
     auto* n = new detail::ContextNode();
-    n->parent = detail::ContextAccess::parent_ref(parent);  // values only: canceler and deadline stay empty
+    n->parent = detail::ContextAccess::node(parent);  // values only: canceler and deadline stay empty
+    if (n->parent != nullptr) n->parent->add_ref();
     return detail::ContextAccess::adopt(n);
 }
 
@@ -574,9 +374,10 @@ inline Context without_cancel(const Context& parent) {
 // std::jthread's or any std::stop_source's token into a context tree. If the
 // token is already stopped, the child is born canceled.
 inline std::pair<Context, CancelFunc> with_stop_token(const Context& parent, std::stop_token token) {
-    auto [ctx, node] = detail::ContextAccess::make_cancelable<detail::StopTokenNode>(parent);
+    auto* node = detail::make_cancelable_node<detail::StopTokenNode>(detail::ContextAccess::node(parent));
+    auto handles = detail::ContextAccess::adopt_with<CancelFunc>(node);
     if (token.stop_possible()) node->on_stop.emplace(std::move(token), detail::StopTokenNode::OnStop{node});
-    return {std::move(ctx), detail::ContextAccess::cancel_func(node)};
+    return handles;
 }
 
 // Go's Cause: null while ctx is active; after cancellation, the cause given
@@ -590,32 +391,7 @@ inline std::exception_ptr cause(const Context& ctx) {
     return c->cause ? c->cause : detail::default_cause(state);
 }
 
-// Go's AfterFunc: `f()` runs once, after ctx is canceled, on a thread of the
-// shared runner (never on the thread that cancels; cancel() does not wait
-// for f, and f may block). If ctx is already canceled, f runs promptly,
-// likewise not inline. For a context that can never be canceled, f never
-// runs. Dropping the returned StopFunc does not unregister f; calling it
-// does. An exception escaping f calls std::terminate.
-// Throws: std::invalid_argument for an empty callable (null function
-// pointer, empty std::function); std::bad_alloc. Nothing is registered then.
-template <class F>
-    requires std::is_invocable_v<std::decay_t<F>&>
-StopFunc after_func(const Context& ctx, F&& f) {
-    Callback<void()> fn(std::forward<F>(f));
-    if (!fn) throw std::invalid_argument("cbm::after_func: empty callable");
-    auto* entry = new detail::AfterFuncEntry(std::move(fn), ctx);
-    StopFunc stop = detail::ContextAccess::stop_func(entry);
-    if (detail::CancelNode* c = detail::ContextAccess::canceler(ctx)) {
-        c->add_ref();
-        entry->node = c;
-        entry->add_ref();  // the listener list's reference
-        if (!detail::add_listener(c, entry)) {
-            entry->fire();  // already canceled: run it now, elsewhere
-            entry->release();
-        }
-    }
-    return stop;
-}
-
-
 }  // namespace cbm
+
+// Go's context package also holds AfterFunc; it has a header of its own.
+#include "after_func.hpp"

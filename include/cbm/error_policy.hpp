@@ -1,10 +1,14 @@
-// cbm/error_policy.hpp - what trigger() does when a callback throws, and what it reports.
+// cbm/error_policy.hpp - what trigger() does when a callback throws, and what
+// it reports: Failure per exception, TriggerResult per trigger, DeadLetter per
+// invocation that failed for good (after its retries; see resilience.hpp).
 #pragma once
 
 #include <cstddef>
+#include <cstdint>
 #include <exception>
 #include <functional>
 #include <string>
+#include <string_view>
 #include <vector>
 
 namespace cbm {
@@ -39,5 +43,14 @@ struct TriggerResult {
     // True when nothing failed.
     bool ok() const noexcept { return failed == 0; }
 };
+
+// A callback invocation that failed for good.
+struct DeadLetter {
+    std::string_view key;   // the registry key as text ("" for a group)
+    std::string_view name;  // CallbackOptions::name
+    std::exception_ptr error;
+    std::uint32_t attempts;
+};
+using DeadLetterHandler = std::function<void(const DeadLetter&)>;
 
 }  // namespace cbm

@@ -5,7 +5,7 @@
 #include <cstdint>
 
 #include "error_policy.hpp"
-#include "resilience.hpp"
+#include "resilience.hpp"  // ResilienceClock
 
 namespace cbm {
 

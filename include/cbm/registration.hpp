@@ -5,7 +5,10 @@
 #include <string>
 #include <utility>
 
-#include "detail/callback_list.hpp"
+#include "detail/intrusive_ref.hpp"
+#include "detail/node.hpp"
+#include "detail/thread_records.hpp"
+#include "detail/unregister.hpp"
 
 namespace cbm {
 
@@ -37,9 +40,6 @@ template <class Signature>
 class CallbackGroup;
 template <class Key, class Signature, class Hash, class KeyEqual>
 class CallbackRegistry;
-namespace detail {
-struct RegistrationListener;
-}
 
 // A counted handle to one registered callback.
 // Safety: copies may be used from any threads at once; one Registration object
@@ -50,26 +50,15 @@ class Registration {
 public:
     // Effect: an idle handle.
     Registration() noexcept = default;
-    Registration(const Registration& other) noexcept : node_(other.node_) {
-        if (node_ != nullptr) node_->add_ref();
-    }
-    Registration(Registration&& other) noexcept : node_(std::exchange(other.node_, nullptr)) {}
-    Registration& operator=(Registration other) noexcept {
-        std::swap(node_, other.node_);
-        return *this;
-    }
-    ~Registration() {
-        if (node_ != nullptr) node_->release_ref();
-    }
 
     // Effect: the current state (see CallbackState). `unregistered`, once
     // returned, is returned forever. Never blocks; scans all threads' records,
     // so it is slower than a trigger: meant for diagnostics and tests.
     CallbackState state() const {
-        if (node_ == nullptr) return CallbackState::idle;
-        if (unregistered()) return CallbackState::unregistered;
-        const bool running = detail::node_named(node_, true);
-        if (unregistered()) return CallbackState::unregistered;
+        if (!node_) return CallbackState::idle;
+        if (node_->unregistered()) return CallbackState::unregistered;
+        const bool running = detail::node_announced(node_.get(), true);
+        if (node_->unregistered()) return CallbackState::unregistered;
         return running ? CallbackState::executing : CallbackState::registered;
     }
 
@@ -82,22 +71,22 @@ public:
     // `unregistered`; false for an idle handle or when clear(), erase(), the
     // group's destruction, a `once` run or another unregister got there first.
     // Blocks: while the callback runs on other threads.
-    bool unregister() { return node_ != nullptr && detail::unregister_node(*node_, true); }
+    bool unregister() { return node_ && detail::unregister_node(*node_, true); }
 
     // Effect: as unregister(), but never waits: invocations already running on
     // other threads may still be in progress when it returns; the callable is
     // destroyed once they have finished and no trigger can reach it.
     // Never blocks on user code (it takes the group's writer lock briefly).
-    bool unregister_nowait() { return node_ != nullptr && detail::unregister_node(*node_, false); }
+    bool unregister_nowait() { return node_ && detail::unregister_node(*node_, false); }
 
     // The name given in CallbackOptions (empty for an idle handle).
     const std::string& name() const noexcept {
         static const std::string empty;
-        return node_ != nullptr ? node_->name : empty;
+        return node_ ? node_->name : empty;
     }
 
     // True unless idle.
-    explicit operator bool() const noexcept { return node_ != nullptr; }
+    explicit operator bool() const noexcept { return static_cast<bool>(node_); }
 
     friend bool operator==(const Registration& a, const Registration& b) noexcept { return a.node_ == b.node_; }
 
@@ -109,16 +98,12 @@ private:
     friend class CallbackGroup;
     template <class Key, class Signature, class Hash, class KeyEqual>
     friend class CallbackRegistry;
-    friend struct detail::RegistrationListener;
 
+    using Ref = detail::IntrusiveRef<detail::NodeBase, detail::MemberRefOps>;
     // Adopts one reference already counted in the node.
-    explicit Registration(detail::NodeBase* adopted) noexcept : node_(adopted) {}
+    explicit Registration(detail::NodeBase* adopted) noexcept : node_(Ref::adopt(adopted)) {}
 
-    bool unregistered() const noexcept {
-        return (node_->state.load(std::memory_order_acquire) & detail::kUnregistered) != 0;
-    }
-
-    detail::NodeBase* node_ = nullptr;
+    Ref node_;
 };
 
 // Owns a Registration and unregisters it (blocking, like unregister()) when

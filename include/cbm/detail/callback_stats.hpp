@@ -8,40 +8,13 @@
 #include <atomic>
 #include <chrono>
 #include <cstdint>
-#include <exception>
 #include <string>
-#include <string_view>
 #include <utility>
-#include <vector>
 
 #include "../histogram.hpp"
+#include "../observer.hpp"
 
-namespace cbm {
-
-// Metric labels of one callback, for example {{"team", "payments"}}.
-using Labels = std::vector<std::pair<std::string, std::string>>;
-
-// What an observer is told about one invocation.
-struct CallbackEvent {
-    std::string_view key;   // the registry key as text ("" for a group)
-    std::string_view name;  // CallbackOptions::name
-    const Labels& labels;   // CallbackOptions::labels
-};
-
-// Notified around every invocation of a callback of an instrumented group
-// or registry (GroupOptions::metrics), on the triggering thread: a bridge to
-// a logger or to OpenTelemetry spans. Must not throw; should be quick (it
-// runs inline, twice per callback).
-class CallbackObserver {
-public:
-    virtual ~CallbackObserver() = default;
-    virtual void on_begin(const CallbackEvent& event) noexcept = 0;
-    // `error` is null unless the callback threw.
-    virtual void on_end(const CallbackEvent& event, std::chrono::nanoseconds duration,
-                        const std::exception_ptr& error) noexcept = 0;
-};
-
-namespace detail {
+namespace cbm::detail {
 
 // A counter incremented without a read-modify-write: shard i is written
 // only by the thread that owns the thread record with index i (records are
@@ -106,5 +79,4 @@ inline bool sample_this_call(std::uint32_t every) noexcept {
     return false;
 }
 
-}  // namespace detail
-}  // namespace cbm
+}  // namespace cbm::detail

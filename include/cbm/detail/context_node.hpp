@@ -40,7 +40,9 @@
 #include <utility>
 
 #include "../errc.hpp"
-#include "services.hpp"
+#include "ring.hpp"
+#include "timer_service.hpp"
+#include "word_mutex.hpp"
 
 namespace cbm::detail {
 
@@ -80,13 +82,20 @@ struct ContextNode {
 
 // Drops one reference, and walks up the parent chain while counts reach zero
 // (a loop, not recursion: long chains must not overflow the stack).
-inline void release(ContextNode* n) noexcept {
+inline void release_ref(ContextNode* n) noexcept {
     while (n != nullptr && n->refs.fetch_sub(1, std::memory_order_acq_rel) == 1) {
         ContextNode* parent = n->parent;
         delete n;
         n = parent;
     }
 }
+
+// How IntrusiveRef counts context nodes (the handles Context, CancelFunc
+// and CancelCauseFunc).
+struct ContextRefOps {
+    static void add_ref(ContextNode* n) noexcept { n->add_ref(); }
+    static void release_ref(ContextNode* n) noexcept { detail::release_ref(n); }
+};
 
 // Makes `child` a child of `parent` (taking over one reference to `parent`)
 // and copies what it inherits.
@@ -111,87 +120,11 @@ struct CancelListener {
     // True when firing would do nothing (pruned when the list grows).
     virtual bool obsolete() const noexcept { return false; }
     // Drops the list's reference (after fire(), or when removed).
-    virtual void release() noexcept = 0;
+    virtual void release_ref() noexcept = 0;
 
 protected:
     CancelListener() = default;
     ~CancelListener() = default;
-};
-
-// Circular doubly-linked list helpers, for CancelNode children and listeners.
-template <class T>
-void ring_push_back(T*& head, T* item) noexcept {
-    if (head == nullptr) {
-        item->prev = item->next = item;
-        head = item;
-        return;
-    }
-    item->prev = head->prev;
-    item->next = head;
-    head->prev->next = item;
-    head->prev = item;
-}
-template <class T>
-void ring_unlink(T*& head, T* item) noexcept {
-    if (item->next == item) {
-        head = nullptr;
-    } else {
-        item->prev->next = item->next;
-        item->next->prev = item->prev;
-        if (head == item) head = item->next;
-    }
-    item->prev = item->next = nullptr;
-}
-template <class T>
-T* ring_pop_front(T*& head) noexcept {
-    T* item = head;
-    if (item != nullptr) ring_unlink(head, item);
-    return item;
-}
-// Appends all of `other` to `head` (both rings; `other` becomes empty).
-template <class T>
-void ring_splice(T*& head, T*& other) noexcept {
-    if (other == nullptr) return;
-    if (head == nullptr) {
-        head = std::exchange(other, nullptr);
-        return;
-    }
-    T* head_tail = head->prev;
-    T* other_tail = other->prev;
-    head_tail->next = other;
-    other->prev = head_tail;
-    other_tail->next = head;
-    head->prev = other_tail;
-    other = nullptr;
-}
-
-// A mutex in one word (a futex-style lock on std::atomic wait/notify):
-// a context tree has one per cancelable node, so size matters more than
-// fairness. Critical sections are a few pointer updates.
-// Memory ordering: acquire on taking it, release on giving it back.
-class WordMutex {
-public:
-    void lock() noexcept {
-        std::uint32_t seen = kFree;
-        if (word_.compare_exchange_strong(seen, kLocked, std::memory_order_acquire)) return;
-        for (int spins = 0; spins < 64 && seen != kFree; ++spins) {
-            seen = word_.load(std::memory_order_relaxed);
-            if (seen == kFree && word_.compare_exchange_strong(seen, kLocked, std::memory_order_acquire)) return;
-        }
-        // Contended: announce a sleeper (kContended) and sleep until freed.
-        while (word_.exchange(kContended, std::memory_order_acquire) != kFree) {
-            word_.wait(kContended, std::memory_order_relaxed);
-        }
-    }
-    void unlock() noexcept {
-        if (word_.exchange(kFree, std::memory_order_release) == kContended) word_.notify_one();
-    }
-
-private:
-    static constexpr std::uint32_t kFree = 0;
-    static constexpr std::uint32_t kLocked = 1;
-    static constexpr std::uint32_t kContended = 2;
-    std::atomic<std::uint32_t> word_{kFree};
 };
 
 // The deadline timer of a CancelNode, pointing back at it, with the cause
@@ -285,7 +218,7 @@ inline CancelListener* prune_listeners_locked(CancelNode* n) noexcept {
 }
 
 inline void release_listeners(CancelListener* ring) noexcept {
-    while (CancelListener* l = ring_pop_front(ring)) l->release();
+    while (CancelListener* l = ring_pop_front(ring)) l->release_ref();
 }
 
 inline CancelNode::~CancelNode() { release_listeners(listeners); }
@@ -339,7 +272,7 @@ inline void finish_cancel(CancelNode* n, CancelListener* listeners) noexcept {
     if (n->timer != nullptr) remove_timer(n);
     while (CancelListener* l = ring_pop_front(listeners)) {
         l->fire();
-        l->release();
+        l->release_ref();
     }
 }
 
@@ -400,11 +333,11 @@ inline bool cancel_tree(CancelNode* root, std::uint8_t code, const std::exceptio
     // tree, so two cancellations never wait for each other.
     while (CancelNode* other = ring_pop_front(others)) {
         if (outermost) wait_settled(other);
-        release(other);  // the reference its parent's list held
+        release_ref(other);  // the reference its parent's list held
     }
     while (CancelNode* child = ring_pop_front(done)) {
         settle(child);
-        release(child);
+        release_ref(child);
     }
     settle(root);
     // Last, since waiting cancellations of the parent hold `root` in their
@@ -418,7 +351,7 @@ inline bool cancel_tree(CancelNode* root, std::uint8_t code, const std::exceptio
                 unlinked = true;
             }
         }
-        if (unlinked) release(root);
+        if (unlinked) release_ref(root);
     }
     return true;
 }
@@ -426,13 +359,13 @@ inline bool cancel_tree(CancelNode* root, std::uint8_t code, const std::exceptio
 inline void expire_timer(TimerEntry* entry) noexcept;
 
 inline void remove_timer(CancelNode* n) noexcept {
-    if (TimerService::shared().remove(n->timer)) release(n);  // the timer's reference
+    if (TimerService::shared().remove(n->timer)) release_ref(n);  // the timer's reference
 }
 
 inline void expire_timer(TimerEntry* entry) noexcept {
     CancelNode* n = static_cast<NodeTimer*>(entry)->node;
     cancel_tree(n, kDeadlineExceeded, n->timer->cause);
-    release(n);  // the timer's reference
+    release_ref(n);  // the timer's reference
 }
 
 // Effect: registers the new node `child` (whose parent fields are set) with
@@ -475,17 +408,102 @@ inline void arm_timer(CancelNode* n) {
         // A node canceled already (by its parent) needs no timer.
         scheduled = n->state() == kActive && TimerService::shared().schedule(n->timer);
     } catch (...) {
-        release(n);
+        release_ref(n);
         throw;
     }
     if (!scheduled) {
-        release(n);
+        release_ref(n);
         return;
     }
     // A cancellation stores `err` before its remove_timer() takes the timer
     // mutex. If that removal ran before our schedule(), we see `err` here
     // and remove the timer ourselves; otherwise it removed the timer.
     if (n->state() != kActive) remove_timer(n);
+}
+
+// A with_value() node. Its key's type is T, so a key match identifies it.
+template <class T>
+struct ValueNode final : ContextNode {
+    template <class V>
+    ValueNode(const void* k, V&& v) : stored(std::forward<V>(v)) {
+        key = k;
+    }
+    T stored;
+};
+
+// A CancelNode that is also canceled by an external std::stop_token.
+struct StopTokenNode final : CancelNode {
+    struct OnStop {
+        StopTokenNode* node;
+        // Holds a reference while cancelling: the cancellation may drop
+        // every other one. If the count already reached zero, the node is
+        // being destroyed by a thread that waits (in ~stop_callback) for
+        // this call: there is nothing left to cancel.
+        void operator()() const noexcept {
+            if (!node->try_add_ref()) return;
+            cancel_tree(node, kCanceled, nullptr);
+            release_ref(node);  // may destroy the node, and this callback with it (allowed on its own thread)
+        }
+    };
+    // Destroyed first (it is the last member), so a concurrent invocation
+    // finishes before the rest of the node goes.
+    std::optional<std::stop_callback<OnStop>> on_stop;
+};
+
+// Go's WithCancel core: a new cancelable child of `parent` (null for
+// background), returned with one reference for the caller's handle.
+// Throws: std::bad_alloc (nothing created).
+template <class Node = CancelNode>
+Node* make_cancelable_node(ContextNode* parent) {
+    auto* n = new Node();
+    if (parent != nullptr) parent->add_ref();
+    attach_to_parent(n, parent);
+    n->canceler = n;
+    link_to_canceler(n, parent != nullptr ? parent->canceler : nullptr);
+    return n;
+}
+
+// Go's WithDeadlineCause core: as make_cancelable_node, canceled with
+// deadline_exceeded at `own_deadline` (a plain cancelable child when the
+// parent's deadline comes first).
+// Throws: std::bad_alloc, or what starting the timer thread throws (nothing
+// is left behind then).
+inline CancelNode* make_deadline_node(ContextNode* parent, steady_time own_deadline, std::exception_ptr cause) {
+    const steady_time inherited = parent != nullptr ? parent->deadline : kNoDeadline;
+    if (!(own_deadline < inherited)) return make_cancelable_node(parent);
+    auto* n = new TimedNode();
+    if (parent != nullptr) parent->add_ref();
+    attach_to_parent(n, parent);
+    n->canceler = n;
+    n->deadline = own_deadline;
+    const bool expired = own_deadline <= std::chrono::steady_clock::now();
+    if (!expired) prepare_timer(n, cause);
+    link_to_canceler(n, parent != nullptr ? parent->canceler : nullptr);
+    if (expired) {
+        cancel_tree(n, kDeadlineExceeded, cause);
+    } else {
+        try {
+            arm_timer(n);
+        } catch (...) {
+            cancel_tree(n, kCanceled, nullptr);  // unlinks it from the parent
+            release_ref(n);
+            throw;
+        }
+    }
+    return n;
+}
+
+// now + d, saturated: huge timeouts mean "no deadline" instead of overflow.
+template <class Rep, class Period>
+steady_time deadline_after(const std::chrono::duration<Rep, Period>& d) {
+    const steady_time now = std::chrono::steady_clock::now();
+    using Wide = std::chrono::duration<long double, std::nano>;
+    const Wide wide = std::chrono::duration_cast<Wide>(d);
+    if (wide != wide) return now;  // NaN: treat as zero (already expired)
+    if (wide >= Wide(kNoDeadline - now)) return kNoDeadline;
+    // Far in the past: any time before now means "already expired".
+    if (wide <= -Wide(now.time_since_epoch())) return steady_time{};
+    return now + std::chrono::duration_cast<std::chrono::steady_clock::duration>(wide);
 }
 
 }  // namespace cbm::detail

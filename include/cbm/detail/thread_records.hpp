@@ -32,11 +32,9 @@
 #pragma once
 
 #include <atomic>
-#include <chrono>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
-#include <thread>
 #include <vector>
 
 #include "barrier.hpp"
@@ -197,7 +195,7 @@ inline void writer_barrier() noexcept {
     if (live > mine) heavy_barrier();
 }
 
-inline bool node_named(const void* node, bool include_self) {
+inline bool node_announced(const void* node, bool include_self) {
     return any_record(include_self, [node](ThreadRecord& r) {
         bool hit = false;
         for_each_level(r, [&](TriggerLevel& l) {
@@ -209,7 +207,7 @@ inline bool node_named(const void* node, bool include_self) {
 
 // True when the calling thread itself has `node` announced at some level
 // (it is inside that callback, or further up its own stack).
-inline bool node_named_by_self(const void* node) {
+inline bool node_announced_by_self(const void* node) {
     ThreadRecord* self = t_record;
     if (self == nullptr) return false;
     bool hit = false;
@@ -217,7 +215,7 @@ inline bool node_named_by_self(const void* node) {
     return hit;
 }
 
-inline bool domain_named_elsewhere(const void* domain) {
+inline bool domain_entered_elsewhere(const void* domain) {
     return any_record(false, [domain](ThreadRecord& r) {
         bool hit = false;
         for_each_level(r, [&](TriggerLevel& l) {
@@ -247,37 +245,6 @@ inline std::uint64_t min_active_epoch() {
     });
     return result;
 }
-
-inline void cpu_relax() noexcept {
-#if defined(__x86_64__) || defined(__i386__)
-    __builtin_ia32_pause();
-#elif defined(__aarch64__)
-    asm volatile("yield");
-#endif
-}
-
-// Backoff for writers that poll: spin briefly, then yield, then sleep with a
-// growing period capped at one millisecond. Waiting is library-internal; no
-// test relies on its timing.
-class Backoff {
-public:
-    void pause() {
-        if (round_ < 32) {
-            cpu_relax();
-        } else if (round_ < 96) {
-            std::this_thread::yield();
-        } else {
-            std::this_thread::sleep_for(sleep_);
-            if (sleep_ < std::chrono::microseconds(1000)) sleep_ *= 2;
-        }
-        ++round_;
-    }
-    bool sleeping() const noexcept { return round_ >= 96; }
-
-private:
-    unsigned round_ = 0;
-    std::chrono::microseconds sleep_{20};
-};
 
 // RAII publication of one trigger() nesting level on the calling thread.
 class TriggerScope {
@@ -342,142 +309,6 @@ private:
     BarrierMode mode_;
     TriggerLevel* level_;
     std::uint32_t depth_;
-};
-
-// ---------------------------------------------------------------------------
-// Epoch-based reclamation of memory that readers may still be traversing.
-
-struct Retirable {
-    Retirable* retire_next = nullptr;
-    std::uint64_t retire_stamp = 0;
-    void (*reclaim)(Retirable*) noexcept = nullptr;
-};
-
-// Objects that no reader can reach any more, to be reclaimed with no lock
-// held (reclaiming runs user destructors, which may call back into cbm).
-// Declare it before the lock_guard so that it runs after the unlock.
-class ReclaimBatch {
-public:
-    ReclaimBatch() = default;
-    ReclaimBatch(const ReclaimBatch&) = delete;
-    ReclaimBatch& operator=(const ReclaimBatch&) = delete;
-    ~ReclaimBatch() { run(); }
-
-    // Keeps retirement order within the batch. (Batches of different threads
-    // may run concurrently, in any order: no reclaim function may depend on
-    // another object's reclaim having run.)
-    void append(Retirable* chain) noexcept {
-        if (chain == nullptr) return;
-        if (tail_ != nullptr) {
-            tail_->retire_next = chain;
-        } else {
-            head_ = chain;
-        }
-        while (chain->retire_next != nullptr) chain = chain->retire_next;
-        tail_ = chain;
-    }
-    void run() noexcept {
-        while (head_ != nullptr) {
-            Retirable* object = head_;
-            head_ = object->retire_next;
-            object->reclaim(object);
-        }
-        tail_ = nullptr;
-    }
-
-private:
-    Retirable* head_ = nullptr;
-    Retirable* tail_ = nullptr;
-};
-
-// A FIFO of retired objects. Guarded by its owner's mutex.
-class RetireList {
-public:
-    RetireList() = default;
-    RetireList(const RetireList&) = delete;
-    RetireList& operator=(const RetireList&) = delete;
-    ~RetireList() {
-        ReclaimBatch batch;
-        batch.append(take_all());
-    }
-
-    // `object` must already be unreachable for readers that start from now on.
-    void retire(Retirable* object, void (*reclaim)(Retirable*) noexcept) noexcept {
-        // An RMW (not a load) so that the unlink happens-before every later
-        // epoch advance, and so before every reader that sees a later epoch.
-        object->retire_stamp = g_records.epoch.fetch_add(0, std::memory_order_seq_cst);
-        object->reclaim = reclaim;
-        object->retire_next = nullptr;
-        if (tail_ != nullptr) {
-            tail_->retire_next = object;
-        } else {
-            head_ = object;
-        }
-        tail_ = object;
-        ++count_;
-    }
-
-    std::size_t size() const noexcept { return count_; }
-
-    // Moves what no reader can reach into `batch`: everything at once when no
-    // other thread holds a record and the caller is outside any trigger (no
-    // barrier needed; see writer_barrier()), otherwise in batches, once enough
-    // has piled up to be worth a heavy barrier. Call once the operation that
-    // retired is done.
-    void maybe_reclaim(ReclaimBatch& batch) noexcept {
-        if (head_ == nullptr) return;
-        full_fence();
-        ThreadRecord* self = t_record;
-        const std::uint32_t mine = self != nullptr ? 1u : 0u;
-        if (g_records.live.load(std::memory_order_seq_cst) <= mine &&
-            (self == nullptr || self->epoch.load(std::memory_order_relaxed) == 0)) {
-            batch.append(take_all());
-        } else if (count_ >= threshold_) {
-            reclaim_unreachable(batch);
-        }
-    }
-
-    void reclaim_unreachable(ReclaimBatch& batch) noexcept {
-        if (head_ == nullptr) return;
-        g_records.epoch.fetch_add(1, std::memory_order_seq_cst);
-        writer_barrier();
-        const std::uint64_t oldest_reader = min_active_epoch();
-        Retirable* chain = nullptr;
-        Retirable** chain_tail = &chain;
-        while (head_ != nullptr && head_->retire_stamp < oldest_reader) {
-            Retirable* object = pop();
-            *chain_tail = object;
-            chain_tail = &object->retire_next;
-        }
-        batch.append(chain);
-        threshold_ = count_ * 2 > kMinThreshold ? count_ * 2 : kMinThreshold;
-    }
-
-    // Only when no reader can hold anything retired here (the domain is dead
-    // and no trigger is inside it): everything, for the caller to reclaim.
-    Retirable* take_all() noexcept {
-        Retirable* chain = head_;
-        head_ = tail_ = nullptr;
-        count_ = 0;
-        return chain;
-    }
-
-private:
-    static constexpr std::size_t kMinThreshold = 64;
-
-    Retirable* pop() noexcept {
-        Retirable* object = head_;
-        head_ = object->retire_next;
-        if (head_ == nullptr) tail_ = nullptr;
-        object->retire_next = nullptr;
-        --count_;
-        return object;
-    }
-
-    Retirable* head_ = nullptr;
-    Retirable* tail_ = nullptr;
-    std::size_t count_ = 0;
-    std::size_t threshold_ = kMinThreshold;
 };
 
 }  // namespace cbm::detail

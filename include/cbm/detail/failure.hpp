@@ -1,0 +1,47 @@
+// cbm/detail/failure.hpp - the one place where a failed invocation is
+// reported: into the TriggerResult, to the error handler and, for a
+// callback's final failure, to the dead-letter handler.
+#pragma once
+
+#include <cstdint>
+#include <exception>
+#include <string>
+#include <utility>
+
+#include "../error_policy.hpp"
+#include "callback_list.hpp"
+#include "group_state.hpp"
+#include "node.hpp"
+
+namespace cbm::detail {
+
+// Records one exception (from the callback, or from its filter when
+// `in_filter`) and reports it to the group's error handler. A callback's
+// failure (not its filter's) is final - after its retries - and also goes to
+// the dead-letter handler, with `attempts`. Handlers that throw stop
+// nothing. Returns true when the error policy says to stop the trigger.
+// Kept out of line: the trigger loop stays small.
+[[gnu::noinline]] inline bool report_failure(TriggerResult& result, GroupState& group, const CallbackList& list,
+                                             const NodeBase& node, std::exception_ptr error, bool in_filter,
+                                             std::uint32_t attempts = 1) noexcept {
+    ++result.failed;
+    try {
+        result.failures.push_back(Failure{node.name, error, in_filter});
+        if (auto handler = group.error_handler(); handler && *handler) (*handler)(result.failures.back());
+    } catch (...) {
+        // The handler must not stop the other callbacks (error_policy.hpp).
+    }
+    if (!in_filter) {
+        try {
+            if (auto letters = group.dead_letter_handler(); letters && *letters) {
+                const std::string key = list.key_text();
+                (*letters)(DeadLetter{key, node.name, error, attempts});
+            }
+        } catch (...) {
+            // Likewise: a throwing dead-letter handler stops nothing.
+        }
+    }
+    return group.policy == ErrorPolicy::stop;
+}
+
+}  // namespace cbm::detail

@@ -1,0 +1,186 @@
+// cbm/detail/group_core.hpp - GroupCore<Signature>: everything CallbackGroup
+// and CallbackRegistry share (adding, clearing, triggering, metrics,
+// handlers, shutdown), so that each public class is a thin facade over one
+// or many CallbackLists.
+//
+// The facade says which list: a group has one, a registry finds or creates
+// the key's list (key_table.hpp). GroupCore holds the counted GroupState.
+#pragma once
+
+#include <cstddef>
+#include <memory>
+#include <mutex>
+#include <stdexcept>
+#include <string>
+#include <utility>
+
+#include "../context.hpp"
+#include "../error_policy.hpp"
+#include "../group_options.hpp"
+#include "../metrics.hpp"
+#include "../observer.hpp"
+#include "callback_list.hpp"
+#include "callback_stats.hpp"
+#include "context_binding.hpp"
+#include "context_node.hpp"
+#include "epoch.hpp"
+#include "group_state.hpp"
+#include "make_node.hpp"
+#include "node.hpp"
+#include "resilience_state.hpp"
+#include "thread_records.hpp"
+#include "trigger_loop.hpp"
+#include "unregister.hpp"
+
+namespace cbm::detail {
+
+// How clear() and erase() treat memory retired earlier: clear() also
+// reclaims what no trigger can reach any more, now.
+enum class AfterTaking { reclaim_soon, reclaim_unreachable_now };
+
+template <class Signature>
+class GroupCore;
+
+template <class... Args>
+class GroupCore<void(Args...)> {
+public:
+    using signature = void(Args...);
+
+    // `owner` and `noun` name the facade in error messages
+    // ("CallbackGroup", "group").
+    GroupCore(const GroupOptions& options, const char* owner, const char* noun)
+        : state_(new GroupState(options.error_policy, options.metrics, options.latency_sample_every, options.clock)),
+          owner_(owner),
+          noun_(noun) {}
+    GroupCore(const GroupCore&) = delete;
+    GroupCore& operator=(const GroupCore&) = delete;
+
+    GroupState& state() const noexcept { return *state_; }
+
+    // Registers `f` with `options` (a CallbackOptions<signature>) into the
+    // list `insert_locked(node)` puts it in, under the writer lock; that
+    // function undoes its own changes if it throws. A callback whose
+    // `options.context` is canceled already is never inserted.
+    // Returns: the node with one reference for the caller's handle.
+    // Throws: what validation, allocation or `insert_locked` throws; nothing
+    // is registered then.
+    template <class F, class Options, class InsertLocked>
+    NodeBase* add(F&& f, Options&& options, std::string key_text, InsertLocked&& insert_locked) {
+        const Context bound = std::move(options.context);
+        ContextBinding binding(ContextAccess::canceler(bound));
+        NodeBase* node = make_node<signature>(*state_, std::forward<F>(f), std::move(options), std::move(key_text));
+        if (binding.already_canceled()) return make_unregistered(node);
+        ReclaimBatch batch;
+        try {
+            std::lock_guard<std::mutex> lock(state_->mutex);
+            insert_locked(node);
+            state_->retired.maybe_reclaim(batch);
+        } catch (...) {
+            node->refs.store(1, std::memory_order_relaxed);
+            node->release_ref();
+            throw;
+        }
+        binding.attach(node);
+        return node;
+    }
+
+    // Runs the callbacks of the list `find_list()` returns (null: none),
+    // inside one read-side section, checking `should_stop` before each.
+    template <class FindList, class ShouldStop>
+    TriggerResult trigger(FindList&& find_list, ShouldStop&& should_stop, Args&... args) {
+        TriggerScope scope(state_);
+        CallbackList* list = find_list();
+        if (list == nullptr) return TriggerResult{};
+        return trigger_list<signature>(scope, *list, *state_, should_stop, args...);
+    }
+
+    // trigger(ctx, ...): `ctx` is current_context() while `run(stop)` runs,
+    // and `stop` says when it is canceled.
+    template <class Run>
+    TriggerResult trigger_in(const Context& ctx, Run&& run) {
+        const ContextScope scope(ctx);
+        if (const CancelNode* c = ContextAccess::canceler(ctx)) return run(StopWhenCanceled{c});
+        return run(NeverStop{});
+    }
+
+    // Takes callbacks out with `take_locked(TakenNodes&)` (under the lock;
+    // returns how many it unregistered), then waits until none of them runs
+    // on another thread and destroys their callables.
+    template <class TakeLocked>
+    std::size_t take_and_wait(TakeLocked&& take_locked, AfterTaking after) {
+        TakenNodes taken;
+        std::size_t removed = 0;
+        {
+            ReclaimBatch batch;
+            std::lock_guard<std::mutex> lock(state_->mutex);
+            removed = take_locked(taken);
+            reclaim_soon(*state_, batch);
+            if (after == AfterTaking::reclaim_unreachable_now) state_->retired.reclaim_unreachable(batch);
+        }
+        taken.wait_and_destroy();
+        return removed;
+    }
+
+    // The destructor of the facade: see unregister.hpp's shut_down. The
+    // GroupCore must not be used afterwards.
+    template <class TakeLocked>
+    void shut_down(TakeLocked&& take_locked) {
+        detail::shut_down(state_, std::forward<TakeLocked>(take_locked));
+        state_ = nullptr;
+    }
+
+    // The numbers of every registered callback of the lists `for_each_list`
+    // visits (under the writer lock).
+    template <class ForEachList>
+    MetricsSnapshot metrics(ForEachList&& for_each_list) const {
+        require_metrics("metrics");
+        MetricsSnapshot snapshot;
+        std::lock_guard<std::mutex> lock(state_->mutex);
+        for_each_list([&](const CallbackList& list) {
+            list.for_each_live_node([&](const NodeBase* n) {
+                if (n->stats != nullptr) snapshot.callbacks.push_back(metrics_of(*n));
+            });
+        });
+        return snapshot;
+    }
+
+    void set_observer(std::shared_ptr<CallbackObserver> observer) {
+        require_metrics("set_observer");
+        state_->set_observer(std::move(observer));
+    }
+    void set_error_handler(ErrorHandler handler) { state_->set_error_handler(std::move(handler)); }
+    void set_dead_letter_handler(DeadLetterHandler handler) { state_->set_dead_letter_handler(std::move(handler)); }
+    ErrorPolicy error_policy() const noexcept { return state_->policy; }
+
+private:
+    void require_metrics(const char* what) const {
+        if (!state_->metrics) {
+            throw std::logic_error(std::string("cbm::") + owner_ + "::" + what + ": metrics are off; construct the " +
+                                   noun_ + " with GroupOptions{.metrics = true}");
+        }
+    }
+
+    static CallbackMetrics metrics_of(const NodeBase& n) {
+        const CallbackStats& s = *n.stats;
+        CallbackMetrics m;
+        m.key = s.key_text;
+        m.name = n.name;
+        m.labels = s.labels;
+        m.invoked = s.invoked.read();
+        m.failed = s.failed.load(std::memory_order_relaxed);
+        m.skipped_filtered = s.skipped_filtered.read();
+        m.skipped_canceled = s.skipped_canceled.load(std::memory_order_relaxed);
+        m.skipped_circuit_open = s.skipped_circuit_open.load(std::memory_order_relaxed);
+        m.timed_out = s.timed_out.load(std::memory_order_relaxed);
+        m.retries = s.retries.load(std::memory_order_relaxed);
+        m.circuit_open = n.resilience != nullptr && n.resilience->circuit_open();
+        m.latency_ns = s.latency.snapshot();
+        return m;
+    }
+
+    GroupState* state_;  // counted; null after shut_down
+    const char* owner_;
+    const char* noun_;
+};
+
+}  // namespace cbm::detail

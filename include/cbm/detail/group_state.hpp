@@ -1,0 +1,89 @@
+// cbm/detail/group_state.hpp - what one CallbackGroup, or one
+// CallbackRegistry with all its keys, shares among its callbacks: the writer
+// mutex, the retire list, the settings and the handlers.
+//
+// Counted: the group holds one reference and every node one, so a
+// Registration that outlives its group can still lock the mutex and learn
+// that the group is gone (`alive`).
+// Memory ordering: the reference count is released with acq_rel (the last
+// holder sees every write); `observer` is published with release and read
+// with acquire by triggers; everything else is immutable or under a mutex.
+#pragma once
+
+#include <atomic>
+#include <cstdint>
+#include <memory>
+#include <mutex>
+#include <utility>
+#include <vector>
+
+#include "../error_policy.hpp"
+#include "../observer.hpp"
+#include "epoch.hpp"
+
+namespace cbm {
+class ResilienceClock;
+}  // namespace cbm
+
+namespace cbm::detail {
+
+struct GroupState {
+    GroupState(ErrorPolicy p, bool instrumented, std::uint32_t sample_every, ResilienceClock* c) noexcept
+        : policy(p), metrics(instrumented), latency_sample_every(sample_every == 0 ? 1 : sample_every), clock(c) {}
+    GroupState(const GroupState&) = delete;
+    GroupState& operator=(const GroupState&) = delete;
+
+    std::mutex mutex;                         // the writer lock: add, unregister, clear, erase
+    std::atomic<std::uint32_t> refs{1};
+    bool alive = true;                        // under mutex; false once the owner started destruction
+    RetireList retired;                       // under mutex
+    const ErrorPolicy policy;
+    const bool metrics;                       // nodes get CallbackStats
+    const std::uint32_t latency_sample_every; // time one invocation in this many, per thread
+    ResilienceClock* const clock;             // timeouts, backoff, cool-downs; null: the steady clock
+
+    std::atomic<CallbackObserver*> observer{nullptr};  // read by triggers
+
+    void add_ref() noexcept { refs.fetch_add(1, std::memory_order_relaxed); }
+    void release_ref() noexcept {
+        if (refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+    }
+
+    // Observers stay alive until the group state goes: a trigger may still
+    // be calling the previous one.
+    void set_observer(std::shared_ptr<CallbackObserver> o) {
+        std::lock_guard<std::mutex> lock(handler_mutex_);
+        if (o) observers_.push_back(o);
+        observer.store(o.get(), std::memory_order_release);
+    }
+    std::shared_ptr<const DeadLetterHandler> dead_letter_handler() { return read_locked(dead_letter_); }
+    void set_dead_letter_handler(DeadLetterHandler h) { replace_locked(dead_letter_, std::move(h)); }
+    std::shared_ptr<const ErrorHandler> error_handler() { return read_locked(error_handler_); }
+    void set_error_handler(ErrorHandler h) { replace_locked(error_handler_, std::move(h)); }
+
+private:
+    ~GroupState() = default;
+
+    template <class F>
+    std::shared_ptr<const F> read_locked(const std::shared_ptr<const F>& slot) {
+        std::lock_guard<std::mutex> lock(handler_mutex_);
+        return slot;
+    }
+    template <class F>
+    void replace_locked(std::shared_ptr<const F>& slot, F h) {
+        auto shared = h ? std::make_shared<const F>(std::move(h)) : nullptr;
+        {
+            std::lock_guard<std::mutex> lock(handler_mutex_);
+            slot.swap(shared);
+        }
+        // `shared` now holds the old handler: destroyed here, unlocked, since
+        // its destructor is user code.
+    }
+
+    std::mutex handler_mutex_;
+    std::shared_ptr<const ErrorHandler> error_handler_;        // under handler_mutex_
+    std::shared_ptr<const DeadLetterHandler> dead_letter_;     // under handler_mutex_
+    std::vector<std::shared_ptr<CallbackObserver>> observers_; // under handler_mutex_: every one ever set
+};
+
+}  // namespace cbm::detail

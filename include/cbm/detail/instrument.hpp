@@ -1,0 +1,59 @@
+// cbm/detail/instrument.hpp - the instrumentation step: counts, sampled
+// latency and the observer around one call, for callbacks of a group built
+// with GroupOptions::metrics (nodes that have CallbackStats).
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <exception>
+#include <utility>
+
+#include "callback_stats.hpp"
+#include "group_state.hpp"
+#include "invoke.hpp"
+#include "typed_node.hpp"
+
+namespace cbm::detail {
+
+// An invocation counted, not timed: the trigger loop's inline path for
+// instrumented callbacks, and the core of invoke_instrumented.
+template <class Signature, class OnError, class... A>
+void invoke_counted(const Node<Signature>& node, std::uint32_t thread_index, OnError&& on_error, A&... args) {
+    CallbackStats& stats = *node.stats;
+    invoke_captured(
+        node,
+        [&](std::exception_ptr error) {
+            CallbackStats::bump(stats.failed);
+            on_error(std::move(error));
+        },
+        args...);
+    stats.invoked.add_from(thread_index);
+}
+
+// Runs the callable with metrics, sampling and the observer where the node
+// is instrumented (plainly otherwise). Returns the exception, if any.
+// `sampled`: the caller already decided that this call is timed.
+template <class Signature, class... A>
+std::exception_ptr invoke_instrumented(const Node<Signature>& node, GroupState& group, std::uint32_t thread_index,
+                                       bool sampled, A&... args) {
+    if (node.stats == nullptr) return invoke_returning_error(node, args...);
+    const CallbackStats& stats = *node.stats;
+    CallbackObserver* observer = group.observer.load(std::memory_order_acquire);
+    const bool timed = observer != nullptr || sampled || sample_this_call(group.latency_sample_every);
+    const CallbackEvent event{stats.key_text, node.name, stats.labels};
+    std::chrono::steady_clock::time_point start{};
+    if (timed) start = std::chrono::steady_clock::now();
+    if (observer != nullptr) observer->on_begin(event);
+    std::exception_ptr error;
+    invoke_counted(node, thread_index, [&error](std::exception_ptr e) noexcept { error = std::move(e); }, args...);
+    if (timed) {
+        const auto duration =
+            std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start);
+        node.stats->latency.record(static_cast<std::uint64_t>(duration.count() < 0 ? 0 : duration.count()));
+        if (observer != nullptr) observer->on_end(event, duration, error);
+    }
+    return error;
+}
+
+}  // namespace cbm::detail

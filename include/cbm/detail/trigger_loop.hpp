@@ -1,0 +1,145 @@
+// cbm/detail/trigger_loop.hpp - the trigger loop: walk one list and run each
+// callback, the plain case inline, everything else through the pipeline.
+//
+// Memory ordering: this is the reader side of callback_list.hpp (the array
+// and its count are read with acquire, once) and of unregister.hpp (each
+// node is announced before its state is read, and withdrawn after). It takes
+// no lock and, apart from claiming a `once` callback, performs no
+// read-modify-write on memory shared with other threads.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <stop_token>
+
+#include "../error_policy.hpp"
+#include "barrier.hpp"
+#include "callback_list.hpp"
+#include "callback_stats.hpp"
+#include "context_node.hpp"
+#include "failure.hpp"
+#include "group_state.hpp"
+#include "instrument.hpp"
+#include "invoke.hpp"
+#include "node.hpp"
+#include "pipeline.hpp"
+#include "thread_records.hpp"
+#include "typed_node.hpp"
+#include "unregister.hpp"
+
+namespace cbm::detail {
+
+// When a trigger stops early: checked before each callback.
+struct NeverStop {
+    constexpr bool operator()() const noexcept { return false; }
+};
+struct StopWhenRequested {
+    const std::stop_token& token;
+    bool operator()() const noexcept { return token.stop_requested(); }
+};
+struct StopWhenCanceled {
+    const CancelNode* context;
+    bool operator()() const noexcept { return context->state() != kActive; }
+};
+
+// Counts the callbacks in slots [from, end) that a stopped trigger does not
+// reach; `canceled`: stopped by its context or token (not by the policy).
+inline std::size_t count_unreached(std::atomic<NodeBase*>* from, std::atomic<NodeBase*>* end, bool canceled) noexcept {
+    std::size_t n = 0;
+    for (; from != end; ++from) {
+        NodeBase* node = from->load(std::memory_order_acquire);
+        if ((node->state.load(std::memory_order_relaxed) & kUnregistered) == 0) {
+            ++n;
+            if (canceled && node->stats != nullptr) CallbackStats::bump(node->stats->skipped_canceled);
+        }
+    }
+    return n;
+}
+
+inline bool stops_trigger(Outcome o) noexcept {
+    return o == Outcome::stop || o == Outcome::stop_in_filter || o == Outcome::stop_once;
+}
+inline bool counts_as_invoked(Outcome o) noexcept {
+    return o == Outcome::invoked || o == Outcome::invoked_once || o == Outcome::stop || o == Outcome::stop_once;
+}
+
+// Runs the callbacks of `list` in order. `should_stop()` is checked before
+// each callback. Runs inside the caller's TriggerScope for the group, so
+// that the registry's key lookup and the list walk are one read-side
+// section. `Mode` is the barrier mode, fixed per call so the loop has no
+// branch on it.
+template <BarrierMode Mode, class Signature, class ShouldStop, class... A>
+TriggerResult trigger_list_in(TriggerScope& scope, CallbackList& list, GroupState& group, ShouldStop&& should_stop,
+                              A&... args) {
+    TriggerResult result;
+    NodeArray* array = list.array.load(std::memory_order_acquire);
+    if (array == nullptr) return result;
+    std::size_t invoked = 0;
+    std::size_t skipped = 0;
+    std::atomic<NodeBase*>* slot = array->slots();
+    std::atomic<NodeBase*>* const end = slot + array->count.load(std::memory_order_acquire);
+    bool canceled = false;
+    bool sampled = false;  // an instrumented call already chosen to be timed
+    const std::uint32_t thread_index = scope.thread_index();
+    for (; slot != end; ++slot) {
+        if (should_stop()) {
+            canceled = true;
+            break;
+        }
+        auto& node = static_cast<Node<Signature>&>(*slot->load(std::memory_order_acquire));
+        scope.announce<Mode>(&node);
+        const std::uint32_t state = node.state.load(std::memory_order_acquire);
+        Outcome outcome = Outcome::skipped;
+        auto on_error = [&](std::exception_ptr error) {
+            if (report_failure(result, group, list, node, std::move(error), false)) outcome = Outcome::stop;
+        };
+        if (state == 0) {  // registered, no filter, not once: the common case
+            outcome = Outcome::invoked;
+            ++invoked;
+            invoke_captured(node, on_error, args...);
+        } else if (state == kMeasured && !(sampled = group.observer.load(std::memory_order_relaxed) != nullptr ||
+                                                     sample_this_call(group.latency_sample_every))) {
+            // Instrumented, neither timed nor observed this time: count inline.
+            outcome = Outcome::invoked;
+            ++invoked;
+            invoke_counted(node, thread_index, on_error, args...);
+        } else if ((state & kUnregistered) == 0) {
+            outcome = run_pipeline(node, PipelineContext{group, list, result, thread_index, sampled}, args...);
+            sampled = false;
+            invoked += counts_as_invoked(outcome);
+            skipped += outcome == Outcome::skipped;
+        }
+        scope.withdraw<Mode>();
+        if ((node.state.load(std::memory_order_relaxed) & kWaiter) != 0) notify_waiters(node);
+        if (outcome != Outcome::invoked) [[unlikely]] {
+            if (outcome == Outcome::invoked_once || outcome == Outcome::stop_once) detach(&node);
+            if (stops_trigger(outcome)) {
+                ++slot;
+                break;
+            }
+        }
+    }
+    if (slot != end) {  // stopped by the policy or the stop condition
+        result.stopped = true;
+        skipped += count_unreached(slot, end, canceled);
+    }
+    result.invoked = invoked;
+    result.skipped = skipped;
+    if (result.failed != 0 && group.policy == ErrorPolicy::rethrow && !result.failures.empty()) {
+        std::rethrow_exception(result.failures.front().error);
+    }
+    return result;
+}
+
+template <class Signature, class ShouldStop, class... A>
+TriggerResult trigger_list(TriggerScope& scope, CallbackList& list, GroupState& group, ShouldStop&& should_stop,
+                           A&... args) {
+    if (scope.mode() == BarrierMode::membarrier) {
+        return trigger_list_in<BarrierMode::membarrier, Signature>(scope, list, group, should_stop, args...);
+    }
+    return trigger_list_in<BarrierMode::fence, Signature>(scope, list, group, should_stop, args...);
+}
+
+}  // namespace cbm::detail

@@ -1,0 +1,180 @@
+// cbm/detail/unregister.hpp - taking callbacks out: unregister (blocking or
+// not), clear/erase (TakenNodes) and the destruction of a group or registry,
+// with the waits that make "when it returns, the callback runs nowhere else"
+// true.
+//
+// Memory ordering (the handshake with triggers, thread_records.hpp): a
+// trigger announces a node (relaxed store into its TriggerLevel, then
+// light_barrier()) and only then reads the node's state. An unregister sets
+// kUnregistered (fetch_or), runs writer_barrier(), then scans every level.
+// So either the scan sees the announcement (and waits until it is
+// withdrawn), or the trigger sees kUnregistered (and skips the node). The
+// withdrawal is a release store; the waiter's acquire scan that sees it also
+// sees everything the callback did. A trigger that withdraws and then sees
+// kWaiter bumps `wake` and notifies, so a sleeping waiter re-scans.
+#pragma once
+
+#include <atomic>
+#include <cstddef>
+#include <cstdint>
+#include <mutex>
+#include <vector>
+
+#include "backoff.hpp"
+#include "callback_list.hpp"
+#include "epoch.hpp"
+#include "group_state.hpp"
+#include "node.hpp"
+#include "thread_records.hpp"
+
+namespace cbm::detail {
+
+// Runs maybe_reclaim for a group a trigger retired into; queued by
+// reclaim_soon and run when the thread leaves its outermost trigger.
+inline void reclaim_deferred(void* context) noexcept {
+    auto* group = static_cast<GroupState*>(context);
+    {
+        ReclaimBatch batch;
+        std::lock_guard<std::mutex> lock(group->mutex);
+        group->retired.maybe_reclaim(batch);
+    }
+    group->release_ref();
+}
+
+// After retiring into `group`: reclaim now (the caller's batch), or, when
+// the caller is inside a trigger (whose epoch holds everything back), again
+// as soon as it leaves its outermost trigger. Under the group mutex.
+inline void reclaim_soon(GroupState& group, ReclaimBatch& batch) noexcept {
+    ThreadRecord* self = t_record;
+    if (self != nullptr && self->depth != 0) {
+        group.add_ref();
+        if (!defer_until_outside_triggers(&reclaim_deferred, &group)) group.release_ref();
+    }
+    group.retired.maybe_reclaim(batch);
+}
+
+// Detaches `n` from its list, if it is still in one.
+inline void detach(NodeBase* n) {
+    GroupState& group = *n->group;
+    ReclaimBatch batch;
+    std::lock_guard<std::mutex> lock(group.mutex);
+    if (CallbackList* list = n->list) list->remove(n, group.retired);
+    reclaim_soon(group, batch);
+}
+
+// A node that is never linked into a list (its context was canceled before
+// add()): its only reference is the returned handle's, which reports
+// `unregistered` from the start. Its callable is destroyed right away.
+inline NodeBase* make_unregistered(NodeBase* n) noexcept {
+    n->state.fetch_or(kUnregistered, std::memory_order_relaxed);
+    n->refs.store(1, std::memory_order_relaxed);
+    n->destroy_target_once();
+    return n;
+}
+
+inline void notify_waiters(NodeBase& n) noexcept {
+    n.wake.fetch_add(1, std::memory_order_release);
+    n.wake.notify_all();
+}
+
+// Returns when no thread other than the caller has `n` announced. The caller
+// must have set kUnregistered | kWaiter and run writer_barrier() since.
+inline void wait_until_idle_elsewhere(NodeBase& n) {
+    Backoff backoff;
+    for (;;) {
+        const std::uint32_t seen = n.wake.load(std::memory_order_acquire);
+        if (!node_announced(&n, false)) return;
+        if (backoff.sleeping()) {
+            n.wake.wait(seen, std::memory_order_acquire);
+        } else {
+            backoff.pause();
+        }
+    }
+}
+
+// Registration::unregister (`wait`) and unregister_nowait.
+inline bool unregister_node(NodeBase& n, bool wait) {
+    const std::uint32_t bits = kUnregistered | (wait ? kWaiter : 0u);
+    const bool won = (n.state.fetch_or(bits, std::memory_order_acq_rel) & kUnregistered) == 0;
+    if (won) detach(&n);
+    if (wait) {
+        writer_barrier();
+        wait_until_idle_elsewhere(n);
+        // Not while this thread itself runs it: then the reclamation of
+        // target_hook destroys it, after this thread's trigger has returned.
+        if (!node_announced_by_self(&n)) n.destroy_target_once();
+    }
+    return won;
+}
+
+// Nodes taken out of lists by clear(), erase() or destruction, each with a
+// reference held so they stay valid while we wait for them.
+class TakenNodes {
+public:
+    TakenNodes() = default;
+    TakenNodes(const TakenNodes&) = delete;
+    TakenNodes& operator=(const TakenNodes&) = delete;
+    ~TakenNodes() {
+        for (NodeBase* n : nodes_) n->release_ref();
+    }
+
+    // Under the group mutex: marks every node of `list` unregistered,
+    // detaches and retires them all. Returns how many this call unregistered.
+    // Throws: std::bad_alloc before changing anything.
+    std::size_t take_all(GroupState& group, CallbackList& list) {
+        nodes_.reserve(nodes_.size() + list.count());
+        std::size_t won = 0;
+        list.remove_all(group.retired, [&](NodeBase* n) {
+            n->add_ref();
+            nodes_.push_back(n);
+            const std::uint32_t old = n->state.fetch_or(kUnregistered | kWaiter, std::memory_order_acq_rel);
+            if ((old & kUnregistered) == 0) ++won;
+        });
+        return won;
+    }
+
+    // Outside the mutex: waits until no other thread runs any of the nodes,
+    // then destroys their callables.
+    void wait_and_destroy() {
+        writer_barrier();
+        for (NodeBase* n : nodes_) {
+            wait_until_idle_elsewhere(*n);
+            if (!node_announced_by_self(n)) n->destroy_target_once();
+        }
+    }
+
+private:
+    std::vector<NodeBase*> nodes_;
+};
+
+// Waits until no other thread is inside a trigger of `domain`.
+inline void wait_until_domain_idle(const void* domain) {
+    writer_barrier();
+    Backoff backoff;
+    while (domain_entered_elsewhere(domain)) backoff.pause();
+}
+
+// The destructor of a group or registry: marks the group dead, takes every
+// callback out (`take_all(TakenNodes&)`, under the mutex), waits until no
+// other thread is inside a trigger of the group, destroys the callables,
+// reclaims everything retired (no trigger can reach it any more), and drops
+// the owner's reference to the group state.
+template <class TakeAll>
+void shut_down(GroupState* group, TakeAll&& take_all) {
+    TakenNodes taken;
+    {
+        std::lock_guard<std::mutex> lock(group->mutex);
+        group->alive = false;
+        take_all(taken);
+    }
+    wait_until_domain_idle(group);
+    taken.wait_and_destroy();
+    {
+        ReclaimBatch batch;
+        std::lock_guard<std::mutex> lock(group->mutex);
+        batch.append(group->retired.take_all());
+    }
+    group->release_ref();
+}
+
+}  // namespace cbm::detail
