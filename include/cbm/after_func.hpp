@@ -5,10 +5,9 @@
 //   stop();   // true if this prevented the function from running
 //
 // The function runs on a thread of the shared runner (detail/async_runner.hpp),
-// never on the canceling thread, under its context as current_context().
+// never on the canceling thread, with its context as current_context().
 #pragma once
 
-#include <functional>
 #include <stdexcept>
 #include <type_traits>
 #include <utility>
@@ -39,8 +38,9 @@ private:
         requires std::is_invocable_v<std::decay_t<F>&>
     friend StopFunc after_func(const Context& ctx, F&& f);
 
-    using Ref = detail::IntrusiveRef<detail::AfterFuncEntry, detail::MemberRefOps>;
-    explicit StopFunc(detail::AfterFuncEntry* adopted) noexcept : entry_(Ref::adopt(adopted)) {}
+    using Entry = detail::AfterFuncEntry<Context, ContextScope>;
+    using Ref = detail::IntrusiveRef<Entry, detail::MemberRefOps>;
+    explicit StopFunc(Entry* adopted) noexcept : entry_(Ref::adopt(adopted)) {}
 
     Ref entry_;
 };
@@ -57,12 +57,9 @@ private:
 template <class F>
     requires std::is_invocable_v<std::decay_t<F>&>
 StopFunc after_func(const Context& ctx, F&& f) {
-    if (detail::is_empty_callable(f)) throw std::invalid_argument("cbm::after_func: empty callable");
-    Callback<void()> under_context([ctx, fn = std::decay_t<F>(std::forward<F>(f))]() mutable {
-        const ContextScope scope(ctx);
-        std::invoke(fn);
-    });
-    auto* entry = new detail::AfterFuncEntry(std::move(under_context));
+    Callback<void()> fn(std::forward<F>(f));
+    if (!fn) throw std::invalid_argument("cbm::after_func: empty callable");
+    auto* entry = new StopFunc::Entry(std::move(fn), ctx);
     StopFunc stop(entry);
     entry->listen(detail::ContextAccess::canceler(ctx));
     return stop;

@@ -5,6 +5,7 @@
 #include <cstddef>
 #include <memory>
 #include <stop_token>
+#include <string>
 #include <type_traits>
 #include <utility>
 
@@ -66,7 +67,8 @@ public:
     template <class F>
         requires std::is_invocable_v<std::decay_t<F>&, Args...>
     Registration add(F&& f, options_type options = {}) {
-        return Registration(core_.add(std::forward<F>(f), std::move(options), {}, [this](detail::NodeBase* node) {
+        auto pending = core_.prepare(std::forward<F>(f), std::move(options), [] { return std::string(); });
+        return Registration(core_.commit(std::move(pending), [this](detail::NodeBase* node) {
             list_.insert(node, core_.state().retired);
         }));
     }

@@ -75,9 +75,9 @@ public:
     template <class F>
         requires std::is_invocable_v<std::decay_t<F>&, Args...>
     Registration add(const Key& key, F&& f, options_type options = {}) {
-        const std::size_t h = table_.hash(key);
-        std::string text = core_.state().metrics ? detail::key_text(key) : std::string();
-        return Registration(core_.add(std::forward<F>(f), std::move(options), std::move(text), [&](detail::NodeBase* node) {
+        auto pending = core_.prepare(std::forward<F>(f), std::move(options), [&] { return detail::key_text(key); });
+        const std::size_t h = pending.born_unregistered() ? 0 : table_.hash(key);
+        return Registration(core_.commit(std::move(pending), [&](detail::NodeBase* node) {
             bool created = false;
             Entry* entry = table_.find_or_create(key, h, created);
             try {

@@ -16,11 +16,9 @@
 // histogram, so no stronger ordering is needed.
 #pragma once
 
-#include <algorithm>
 #include <array>
 #include <atomic>
 #include <bit>
-#include <cmath>
 #include <cstddef>
 #include <cstdint>
 #include <stdexcept>
@@ -39,7 +37,8 @@ public:
 
     // The bucket of value `v`.
     static constexpr std::size_t bucket_of(std::uint64_t v) noexcept {
-        v = std::min<std::uint64_t>(v, (std::uint64_t{1} << kMaxBits) - 1);
+        constexpr std::uint64_t largest = (std::uint64_t{1} << kMaxBits) - 1;
+        if (v > largest) v = largest;
         const int width = std::bit_width(v);
         const int octave = width > kExactBelowBits ? width - kExactBelowBits : 0;
         return (static_cast<std::size_t>(octave) << kSubBucketBits) + static_cast<std::size_t>(v >> octave);
@@ -67,14 +66,19 @@ public:
     double percentile(double p) const {
         if (!(p > 0.0 && p <= 100.0)) throw std::invalid_argument("cbm::HistogramSnapshot::percentile: p must be in (0, 100]");
         if (count_ == 0) return 0.0;
-        const auto rank = static_cast<std::uint64_t>(std::ceil(p / 100.0 * static_cast<double>(count_)));
+        // The rank, ceil(p% of count) and at least 1 (in integers: no <cmath>).
+        const double exact_rank = p / 100.0 * static_cast<double>(count_);
+        auto rank = static_cast<std::uint64_t>(exact_rank);
+        if (static_cast<double>(rank) < exact_rank) ++rank;
+        if (rank == 0) rank = 1;
         std::uint64_t seen = 0;
         for (std::size_t b = 0; b < kBucketCount; ++b) {
             seen += counts_[b];
-            if (seen >= std::max<std::uint64_t>(rank, 1)) {
+            if (seen >= rank) {
                 const double middle = static_cast<double>(bucket_low(b)) +
                                       (static_cast<double>(bucket_width(b)) - 1.0) / 2.0;
-                return std::min(middle, static_cast<double>(max_));
+                const double largest = static_cast<double>(max_);
+                return middle < largest ? middle : largest;
             }
         }
         return static_cast<double>(max_);
@@ -89,7 +93,7 @@ public:
         for (std::size_t b = 0; b < kBucketCount; ++b) counts_[b] += other.counts_[b];
         count_ += other.count_;
         sum_ += other.sum_;
-        max_ = std::max(max_, other.max_);
+        if (other.max_ > max_) max_ = other.max_;
     }
 
 private:

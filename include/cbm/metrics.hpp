@@ -13,7 +13,6 @@
 // sampled value (histogram.hpp).
 #pragma once
 
-#include <algorithm>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -62,7 +61,10 @@ struct MetricsSnapshot {
                 total->labels = m.labels;
             } else {
                 std::erase_if(total->labels, [&](const auto& label) {
-                    return std::find(m.labels.begin(), m.labels.end(), label) == m.labels.end();
+                    for (const auto& mine : m.labels) {
+                        if (mine == label) return false;
+                    }
+                    return true;  // not shared by this callback
                 });
             }
             total->invoked += m.invoked;

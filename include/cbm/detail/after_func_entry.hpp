@@ -17,18 +17,23 @@
 
 namespace cbm::detail {
 
+// `ContextT` is cbm::Context and `ScopeT` cbm::ContextScope (after_func.hpp):
+// parameters, so that this machinery does not include the public API it
+// serves. While f runs, and while it is destroyed, the entry's context is
+// the thread's current context.
+template <class ContextT, class ScopeT>
 struct AfterFuncEntry final : CancelListener, RunnerTask {
     static constexpr std::uint8_t kPending = 0;
     static constexpr std::uint8_t kStopped = 1;
     static constexpr std::uint8_t kStarted = 2;
 
-    // `f` already makes the registration's context current while it runs.
-    explicit AfterFuncEntry(Callback<void()>&& f) noexcept : fn(std::move(f)) {}
+    AfterFuncEntry(Callback<void()>&& f, const ContextT& c) noexcept : fn(std::move(f)), ctx(c) {}
 
     std::atomic<std::uint32_t> refs{1};
     std::atomic<std::uint8_t> state{kPending};  // pending -> stopped | started, once
     Callback<void()> fn;                        // touched only by whoever moved state off pending
     CancelNode* node = nullptr;                 // counted; null for a context never canceled
+    ContextT ctx;                               // current_context() while f runs
 
     void add_ref() noexcept { refs.fetch_add(1, std::memory_order_relaxed); }
 
@@ -54,6 +59,7 @@ struct AfterFuncEntry final : CancelListener, RunnerTask {
     // on a std::thread): there is no caller to report it to.
     void run() noexcept override {
         if (claim(kStarted)) {
+            const ScopeT scope(ctx);
             CallbackAccess::invoke(fn);
             fn.reset();
         }

@@ -43,8 +43,9 @@ public:
     explicit ContextBinding(CancelNode* context) : context_(context) {
         if (context_ != nullptr) listener_ = new UnregisterOnCancel();
     }
-    ContextBinding(const ContextBinding&) = delete;
-    ContextBinding& operator=(const ContextBinding&) = delete;
+    ContextBinding(ContextBinding&& other) noexcept
+        : context_(other.context_), listener_(std::exchange(other.listener_, nullptr)) {}
+    ContextBinding& operator=(ContextBinding&&) = delete;
     ~ContextBinding() { delete listener_; }
 
     // True if the context was canceled before the callback was added: the

@@ -31,6 +31,7 @@
 #include "thread_records.hpp"
 #include "trigger_loop.hpp"
 #include "unregister.hpp"
+#include "validate.hpp"
 
 namespace cbm::detail {
 
@@ -57,30 +58,64 @@ public:
 
     GroupState& state() const noexcept { return *state_; }
 
-    // Registers `f` with `options` (a CallbackOptions<signature>) into the
-    // list `insert_locked(node)` puts it in, under the writer lock; that
-    // function undoes its own changes if it throws. A callback whose
-    // `options.context` is canceled already is never inserted.
-    // Returns: the node with one reference for the caller's handle.
-    // Throws: what validation, allocation or `insert_locked` throws; nothing
-    // is registered then.
-    template <class F, class Options, class InsertLocked>
-    NodeBase* add(F&& f, Options&& options, std::string key_text, InsertLocked&& insert_locked) {
-        const Context bound = std::move(options.context);
-        ContextBinding binding(ContextAccess::canceler(bound));
-        NodeBase* node = make_node<signature>(*state_, std::forward<F>(f), std::move(options), std::move(key_text));
-        if (binding.already_canceled()) return make_unregistered(node);
-        ReclaimBatch batch;
-        try {
-            std::lock_guard<std::mutex> lock(state_->mutex);
-            insert_locked(node);
-            state_->retired.maybe_reclaim(batch);
-        } catch (...) {
-            node->refs.store(1, std::memory_order_relaxed);
-            node->release_ref();
-            throw;
+    // One add(), after its checks and before its insertion: the node is
+    // built and bound to its context, owned here until committed.
+    class PendingAdd {
+    public:
+        PendingAdd(PendingAdd&& other) noexcept
+            : bound_(std::move(other.bound_)),
+              binding_(std::move(other.binding_)),
+              node_(std::exchange(other.node_, nullptr)) {}
+        PendingAdd& operator=(PendingAdd&&) = delete;
+        ~PendingAdd() {
+            if (node_ != nullptr) {
+                node_->refs.store(1, std::memory_order_relaxed);  // never linked: only this reference
+                node_->release_ref();
+            }
         }
-        binding.attach(node);
+        // True when the bound context was canceled already: the callback is
+        // never inserted (commit() returns it unregistered).
+        bool born_unregistered() const noexcept { return binding_.already_canceled(); }
+
+    private:
+        friend class GroupCore;
+        explicit PendingAdd(Context bound) : bound_(std::move(bound)), binding_(ContextAccess::canceler(bound_)) {}
+
+        Context bound_;  // keeps the binding's context alive
+        ContextBinding binding_;
+        NodeBase* node_ = nullptr;
+    };
+
+    // add(), step 1: checks `options` (a CallbackOptions<signature>) and
+    // builds the node for `f`; `key_text()` names the registry key for
+    // metrics (called only when metrics are on).
+    // Throws: std::invalid_argument for bad input; std::bad_alloc; nothing
+    // is registered then.
+    template <class F, class Options, class KeyText>
+    PendingAdd prepare(F&& f, Options&& options, KeyText&& key_text) {
+        check_labels(options.labels);
+        PendingAdd pending(std::move(options.context));
+        std::string text = state_->metrics ? std::string(key_text()) : std::string();
+        pending.node_ = make_node<signature>(*state_, std::forward<F>(f), std::move(options), std::move(text));
+        return pending;
+    }
+
+    // add(), step 2: inserts the node with `insert_locked(node)`, under the
+    // writer lock (it undoes its own changes if it throws), then binds it to
+    // its context. Returns the node with one reference for the caller's
+    // handle.
+    // Throws: what `insert_locked` throws; nothing is registered then.
+    template <class InsertLocked>
+    NodeBase* commit(PendingAdd&& pending, InsertLocked&& insert_locked) {
+        if (pending.born_unregistered()) return make_unregistered(std::exchange(pending.node_, nullptr));
+        {
+            ReclaimBatch batch;
+            std::lock_guard<std::mutex> lock(state_->mutex);
+            insert_locked(pending.node_);
+            state_->retired.maybe_reclaim(batch);
+        }
+        NodeBase* node = std::exchange(pending.node_, nullptr);
+        pending.binding_.attach(node);
         return node;
     }
 

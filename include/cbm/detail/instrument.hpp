@@ -7,7 +7,6 @@
 #include <chrono>
 #include <cstdint>
 #include <exception>
-#include <utility>
 
 #include "callback_stats.hpp"
 #include "group_state.hpp"
@@ -17,18 +16,15 @@
 namespace cbm::detail {
 
 // An invocation counted, not timed: the trigger loop's inline path for
-// instrumented callbacks, and the core of invoke_instrumented.
-template <class Signature, class OnError, class... A>
-void invoke_counted(const Node<Signature>& node, std::uint32_t thread_index, OnError&& on_error, A&... args) {
-    CallbackStats& stats = *node.stats;
-    invoke_captured(
-        node,
-        [&](std::exception_ptr error) {
-            CallbackStats::bump(stats.failed);
-            on_error(std::move(error));
-        },
-        args...);
-    stats.invoked.add_from(thread_index);
+// instrumented callbacks, and the core of invoke_instrumented. Returns and
+// stores as invoke_captured does.
+template <class Signature, class... A>
+inline bool invoke_counted(const Node<Signature>& node, std::uint32_t thread_index, std::exception_ptr& error,
+                           A&... args) {
+    const bool returned = invoke_captured(node, error, args...);
+    if (!returned) CallbackStats::bump(node.stats->failed);
+    node.stats->invoked.add_from(thread_index);
+    return returned;
 }
 
 // Runs the callable with metrics, sampling and the observer where the node
@@ -37,7 +33,11 @@ void invoke_counted(const Node<Signature>& node, std::uint32_t thread_index, OnE
 template <class Signature, class... A>
 std::exception_ptr invoke_instrumented(const Node<Signature>& node, GroupState& group, std::uint32_t thread_index,
                                        bool sampled, A&... args) {
-    if (node.stats == nullptr) return invoke_returning_error(node, args...);
+    std::exception_ptr error;
+    if (node.stats == nullptr) {
+        invoke_captured(node, error, args...);
+        return error;
+    }
     const CallbackStats& stats = *node.stats;
     CallbackObserver* observer = group.observer.load(std::memory_order_acquire);
     const bool timed = observer != nullptr || sampled || sample_this_call(group.latency_sample_every);
@@ -45,8 +45,7 @@ std::exception_ptr invoke_instrumented(const Node<Signature>& node, GroupState& 
     std::chrono::steady_clock::time_point start{};
     if (timed) start = std::chrono::steady_clock::now();
     if (observer != nullptr) observer->on_begin(event);
-    std::exception_ptr error;
-    invoke_counted(node, thread_index, [&error](std::exception_ptr e) noexcept { error = std::move(e); }, args...);
+    invoke_counted(node, thread_index, error, args...);
     if (timed) {
         const auto duration =
             std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start);

@@ -18,13 +18,14 @@ namespace cbm::detail {
 
 // Builds a node for `group` from `f` and `options` (a CallbackOptions), with
 // one reference for the list and one for the first handle.
-// Throws: std::invalid_argument for an empty callable or bad options, before
-// anything is allocated; std::bad_alloc. Nothing is left behind then.
+// The labels were checked already (GroupCore::prepare).
+// Throws: std::invalid_argument for an empty callable or bad resilience
+// settings; std::bad_alloc. Nothing is left behind then.
 template <class Signature, class F, class Options>
 Node<Signature>* make_node(GroupState& group, F&& f, Options&& options, std::string key_text = {}) {
-    check_options(options);
     Callback<Signature> fn(std::forward<F>(f));
     if (!fn) throw std::invalid_argument("cbm: cannot register an empty callable");
+    check_resilience(options);
     std::unique_ptr<Resilience> resilience;
     if (wants_resilience(options)) {
         resilience = std::make_unique<Resilience>();

@@ -7,7 +7,6 @@
 // `consecutive_failures` is a plain counter (acq_rel increments).
 #pragma once
 
-#include <algorithm>
 #include <atomic>
 #include <chrono>
 #include <cstdint>
@@ -57,7 +56,7 @@ inline std::int64_t ticks(std::chrono::steady_clock::time_point t) noexcept {
 inline std::chrono::nanoseconds backoff_after(const RetryOptions& r, std::uint32_t attempt) noexcept {
     double d = static_cast<double>(r.initial_backoff.count());
     for (std::uint32_t i = 1; i < attempt && d < static_cast<double>(r.max_backoff.count()); ++i) d *= r.multiplier;
-    d = std::min(d, static_cast<double>(r.max_backoff.count()));
+    if (d > static_cast<double>(r.max_backoff.count())) d = static_cast<double>(r.max_backoff.count());
     thread_local std::uint64_t state = 0x9E3779B97F4A7C15ull ^ reinterpret_cast<std::uintptr_t>(&state);
     state ^= state << 13;
     state ^= state >> 7;

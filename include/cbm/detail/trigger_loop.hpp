@@ -13,6 +13,7 @@
 #include <cstdint>
 #include <exception>
 #include <stop_token>
+#include <utility>
 
 #include "../error_policy.hpp"
 #include "barrier.hpp"
@@ -65,6 +66,12 @@ inline bool counts_as_invoked(Outcome o) noexcept {
     return o == Outcome::invoked || o == Outcome::invoked_once || o == Outcome::stop || o == Outcome::stop_once;
 }
 
+// The plain case's failure: reports it and says whether the trigger stops.
+inline Outcome failed_call(TriggerResult& result, GroupState& group, const CallbackList& list, const NodeBase& node,
+                           std::exception_ptr& error) noexcept {
+    return report_failure(result, group, list, node, std::move(error), false) ? Outcome::stop : Outcome::invoked;
+}
+
 // Runs the callbacks of `list` in order. `should_stop()` is checked before
 // each callback. Runs inside the caller's TriggerScope for the group, so
 // that the registry's key lookup and the list walk are one read-side
@@ -83,6 +90,7 @@ TriggerResult trigger_list_in(TriggerScope& scope, CallbackList& list, GroupStat
     bool canceled = false;
     bool sampled = false;  // an instrumented call already chosen to be timed
     const std::uint32_t thread_index = scope.thread_index();
+    std::exception_ptr error;  // what the plain case's last failed call threw
     for (; slot != end; ++slot) {
         if (should_stop()) {
             canceled = true;
@@ -92,19 +100,20 @@ TriggerResult trigger_list_in(TriggerScope& scope, CallbackList& list, GroupStat
         scope.announce<Mode>(&node);
         const std::uint32_t state = node.state.load(std::memory_order_acquire);
         Outcome outcome = Outcome::skipped;
-        auto on_error = [&](std::exception_ptr error) {
-            if (report_failure(result, group, list, node, std::move(error), false)) outcome = Outcome::stop;
-        };
         if (state == 0) {  // registered, no filter, not once: the common case
             outcome = Outcome::invoked;
             ++invoked;
-            invoke_captured(node, on_error, args...);
+            if (!invoke_captured(node, error, args...)) [[unlikely]] {
+                outcome = failed_call(result, group, list, node, error);
+            }
         } else if (state == kMeasured && !(sampled = group.observer.load(std::memory_order_relaxed) != nullptr ||
                                                      sample_this_call(group.latency_sample_every))) {
             // Instrumented, neither timed nor observed this time: count inline.
             outcome = Outcome::invoked;
             ++invoked;
-            invoke_counted(node, thread_index, on_error, args...);
+            if (!invoke_counted(node, thread_index, error, args...)) [[unlikely]] {
+                outcome = failed_call(result, group, list, node, error);
+            }
         } else if ((state & kUnregistered) == 0) {
             outcome = run_pipeline(node, PipelineContext{group, list, result, thread_index, sampled}, args...);
             sampled = false;

@@ -64,11 +64,4 @@ bool wants_resilience(const Options& o) noexcept {
     return o.timeout.count() != 0 || o.retry.attempts != 1 || o.circuit_breaker.failures != 0;
 }
 
-// Every check of add(): labels, then resilience settings.
-template <class Options>
-void check_options(const Options& o) {
-    check_labels(o.labels);
-    check_resilience(o);
-}
-
 }  // namespace cbm::detail
