@@ -19,7 +19,7 @@ namespace cbm::detail {
 // instrumented callbacks, and the core of invoke_instrumented. Returns and
 // stores as invoke_captured does.
 template <class Signature, class... A>
-inline bool invoke_counted(const Node<Signature>& node, std::uint32_t thread_index, std::exception_ptr& error,
+[[gnu::always_inline]] inline bool invoke_counted(const Node<Signature>& node, std::uint32_t thread_index, std::exception_ptr& error,
                            A&... args) {
     const bool returned = invoke_captured(node, error, args...);
     if (!returned) CallbackStats::bump(node.stats->failed);
