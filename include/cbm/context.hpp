@@ -212,7 +212,7 @@ private:
 
 // Cancels its context (Go's context.CancelFunc). Copyable; every copy
 // cancels the same context.
-class CancelFunc {
+class CancelFunc : private detail::CancelHandle {
 public:
     CancelFunc() noexcept = default;  // does nothing when called
 
@@ -222,7 +222,7 @@ public:
     // affected context's mutex briefly); std::stop_callbacks registered on
     // the contexts' tokens run inline, on this thread.
     void operator()() const noexcept {
-        if (node_) detail::cancel_tree(node_.get(), detail::kCanceled, nullptr);
+        cancel(nullptr);
     }
 
     // ------------------------------------------------------------------
@@ -230,14 +230,11 @@ public:
 
 private:
     friend struct detail::ContextAccess;
-    using Ref = detail::IntrusiveRef<detail::CancelNode, detail::ContextRefOps>;
-    explicit CancelFunc(detail::CancelNode* counted) noexcept : node_(Ref::adopt(counted)) {}
-
-    Ref node_;
+    explicit CancelFunc(detail::CancelNode* counted) noexcept : CancelHandle(counted) {}
 };
 
 // Cancels its context with a cause (Go's context.CancelCauseFunc).
-class CancelCauseFunc {
+class CancelCauseFunc : private detail::CancelHandle {
 public:
     CancelCauseFunc() noexcept = default;
 
@@ -245,7 +242,7 @@ public:
     // the first cancellation). A null cause reports an error equal to
     // errc::canceled, as Go's cancel(nil) does.
     void operator()(std::exception_ptr cause = nullptr) const noexcept {
-        if (node_) detail::cancel_tree(node_.get(), detail::kCanceled, cause);
+        cancel(std::move(cause));
     }
 
     // Effect: as above with a std::system_error(code) as the cause (an empty
@@ -263,10 +260,7 @@ public:
 
 private:
     friend struct detail::ContextAccess;
-    using Ref = detail::IntrusiveRef<detail::CancelNode, detail::ContextRefOps>;
-    explicit CancelCauseFunc(detail::CancelNode* counted) noexcept : node_(Ref::adopt(counted)) {}
-
-    Ref node_;
+    explicit CancelCauseFunc(detail::CancelNode* counted) noexcept : CancelHandle(counted) {}
 };
 
 namespace detail {

@@ -5,14 +5,15 @@
 # cbm headers of its own layer or lower layers only, and a detail/ header
 # may include a public header only from a lower layer: machinery never
 # includes the public API it implements, only the vocabulary beneath it.
-# A new header must be given a layer here.
+# A new header must be given a layer here, and a new public header must be
+# included by the umbrella cbm.hpp.
 
 set(layer_0 # vocabulary: includes only the standard library
   callback.hpp errc.hpp error_policy.hpp histogram.hpp observer.hpp version.hpp)
 set(layer_1 # reports and once: vocabulary only
   metrics.hpp prometheus.hpp detail/prometheus_text.hpp once.hpp)
 set(layer_2 # context machinery
-  detail/intrusive_ref.hpp detail/ring.hpp detail/word_mutex.hpp detail/service_lifetime.hpp
+  detail/intrusive_ref.hpp detail/non_copyable.hpp detail/ring.hpp detail/word_mutex.hpp detail/service_lifetime.hpp
   detail/timer_service.hpp detail/async_runner.hpp detail/context_node.hpp detail/after_func_entry.hpp)
 set(layer_3 # context API and the settings written in it
   context.hpp after_func.hpp trace.hpp resilience.hpp group_options.hpp)
@@ -68,6 +69,19 @@ foreach(header IN LISTS headers)
         "  ${header} (layer ${own}) includes the public ${target_path} of its own layer: machinery must not include the API it implements\n")
     endif()
   endforeach()
+endforeach()
+
+# The umbrella header includes every public header.
+file(STRINGS "${root}/cbm.hpp" umbrella REGEX "^#include \"")
+foreach(header IN LISTS headers)
+  string(FIND "${header}" "detail/" is_detail)
+  if(is_detail EQUAL 0 OR header STREQUAL "cbm.hpp")
+    continue()
+  endif()
+  list(FIND umbrella "#include \"${header}\"" found)
+  if(found EQUAL -1)
+    string(APPEND problems "  cbm.hpp does not include ${header}\n")
+  endif()
 endforeach()
 
 if(problems)

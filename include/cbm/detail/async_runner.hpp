@@ -13,6 +13,7 @@
 #include <utility>
 #include <vector>
 
+#include "non_copyable.hpp"
 #include "service_lifetime.hpp"
 
 namespace cbm::detail {
@@ -33,11 +34,8 @@ protected:
 // started whenever more tasks wait than threads are idle. Threads are kept
 // (idle) once started, so the pool is as large as the most tasks that ever
 // ran at once.
-class AsyncRunner {
+class AsyncRunner : NonCopyable {
 public:
-    AsyncRunner() = default;
-    AsyncRunner(const AsyncRunner&) = delete;
-    AsyncRunner& operator=(const AsyncRunner&) = delete;
     ~AsyncRunner() { shut_down(); }
 
     static AsyncRunner& shared() { return immortal<AsyncRunner>(); }

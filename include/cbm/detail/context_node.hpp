@@ -40,6 +40,7 @@
 #include <utility>
 
 #include "../errc.hpp"
+#include "intrusive_ref.hpp"
 #include "ring.hpp"
 #include "timer_service.hpp"
 #include "word_mutex.hpp"
@@ -492,6 +493,24 @@ inline CancelNode* make_deadline_node(ContextNode* parent, steady_time own_deadl
     }
     return n;
 }
+
+// What CancelFunc and CancelCauseFunc hold: a counted reference to the node
+// they cancel (Go's CancelFunc closes over its context the same way).
+class CancelHandle {
+public:
+    CancelHandle() noexcept = default;
+    explicit CancelHandle(CancelNode* counted) noexcept : node_(IntrusiveRef<CancelNode, ContextRefOps>::adopt(counted)) {}
+
+protected:
+    // Effect: cancels the node with errc::canceled and `cause`, unless it
+    // was canceled already (cancel_tree).
+    void cancel(std::exception_ptr cause) const noexcept {
+        if (node_) cancel_tree(node_.get(), kCanceled, cause);
+    }
+
+private:
+    IntrusiveRef<CancelNode, ContextRefOps> node_;
+};
 
 // now + d, saturated: huge timeouts mean "no deadline" instead of overflow.
 template <class Rep, class Period>

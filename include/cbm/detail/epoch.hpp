@@ -15,6 +15,7 @@
 #include <cstddef>
 #include <cstdint>
 
+#include "non_copyable.hpp"
 #include "thread_records.hpp"
 
 namespace cbm::detail {
@@ -28,11 +29,8 @@ struct Retirable {
 // Objects that no reader can reach any more, to be reclaimed with no lock
 // held (reclaiming runs user destructors, which may call back into cbm).
 // Declare it before the lock_guard so that it runs after the unlock.
-class ReclaimBatch {
+class ReclaimBatch : NonCopyable {
 public:
-    ReclaimBatch() = default;
-    ReclaimBatch(const ReclaimBatch&) = delete;
-    ReclaimBatch& operator=(const ReclaimBatch&) = delete;
     ~ReclaimBatch() { run(); }
 
     // Keeps retirement order within the batch. (Batches of different threads
@@ -63,11 +61,8 @@ private:
 };
 
 // A FIFO of retired objects. Guarded by its owner's mutex.
-class RetireList {
+class RetireList : NonCopyable {
 public:
-    RetireList() = default;
-    RetireList(const RetireList&) = delete;
-    RetireList& operator=(const RetireList&) = delete;
     ~RetireList() {
         ReclaimBatch batch;
         batch.append(take_all());

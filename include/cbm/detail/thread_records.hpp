@@ -195,14 +195,17 @@ inline void writer_barrier() noexcept {
     if (live > mine) heavy_barrier();
 }
 
-inline bool node_announced(const void* node, bool include_self) {
-    return any_record(include_self, [node](ThreadRecord& r) {
+// True when some record's level has `field` == `value` (acquire loads).
+inline bool some_level_holds(std::atomic<const void*> TriggerLevel::*field, const void* value, bool include_self) {
+    return any_record(include_self, [&](ThreadRecord& r) {
         bool hit = false;
-        for_each_level(r, [&](TriggerLevel& l) {
-            hit = hit || l.node.load(std::memory_order_acquire) == node;
-        });
+        for_each_level(r, [&](TriggerLevel& l) { hit = hit || (l.*field).load(std::memory_order_acquire) == value; });
         return hit;
     });
+}
+
+inline bool node_announced(const void* node, bool include_self) {
+    return some_level_holds(&TriggerLevel::node, node, include_self);
 }
 
 // True when the calling thread itself has `node` announced at some level
@@ -216,13 +219,7 @@ inline bool node_announced_by_self(const void* node) {
 }
 
 inline bool domain_entered_elsewhere(const void* domain) {
-    return any_record(false, [domain](ThreadRecord& r) {
-        bool hit = false;
-        for_each_level(r, [&](TriggerLevel& l) {
-            hit = hit || l.domain.load(std::memory_order_acquire) == domain;
-        });
-        return hit;
-    });
+    return some_level_holds(&TriggerLevel::domain, domain, false);
 }
 
 // True when some thread's hazard slot holds `value` (a Snapshot block or tag).

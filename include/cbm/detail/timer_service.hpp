@@ -14,6 +14,7 @@
 #include <thread>
 #include <vector>
 
+#include "non_copyable.hpp"
 #include "service_lifetime.hpp"
 
 namespace cbm::detail {
@@ -30,13 +31,10 @@ struct TimerEntry {
 };
 
 // A min-heap of TimerEntry served by one thread.
-class TimerService {
+class TimerService : NonCopyable {
 public:
     using clock = TimerEntry::clock;
 
-    TimerService() = default;
-    TimerService(const TimerService&) = delete;
-    TimerService& operator=(const TimerService&) = delete;
     ~TimerService() { shut_down(); }
 
     // The one service of the process (never destroyed; its thread is joined

@@ -24,6 +24,7 @@
 #include "callback_list.hpp"
 #include "epoch.hpp"
 #include "group_state.hpp"
+#include "non_copyable.hpp"
 #include "node.hpp"
 #include "thread_records.hpp"
 
@@ -109,11 +110,8 @@ inline bool unregister_node(NodeBase& n, bool wait) {
 
 // Nodes taken out of lists by clear(), erase() or destruction, each with a
 // reference held so they stay valid while we wait for them.
-class TakenNodes {
+class TakenNodes : NonCopyable {
 public:
-    TakenNodes() = default;
-    TakenNodes(const TakenNodes&) = delete;
-    TakenNodes& operator=(const TakenNodes&) = delete;
     ~TakenNodes() {
         for (NodeBase* n : nodes_) n->release_ref();
     }
