@@ -3,7 +3,11 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
+#include <cstdio>
+#include <cstdlib>
 #include <exception>
+#include <mutex>
 #include <stdexcept>
 #include <system_error>
 #include <thread>
@@ -125,6 +129,50 @@ private:
     Gate entered_;
     Gate release_;
     std::atomic<bool> finished_{false};
+};
+
+}  // namespace cbm_test
+
+namespace cbm_test {
+
+// Ends the whole test program with a message if it is not destroyed within
+// `limit`: a deadlock becomes a reported failure instead of a hang (the
+// stuck threads cannot be joined, so failing the one test is not possible).
+class Watchdog {
+public:
+    // The environment variable CBM_WATCHDOG_SECONDS overrides `limit`.
+    explicit Watchdog(const char* what, std::chrono::seconds limit = std::chrono::seconds(60))
+        : thread_([this, what, limit = limit_from_environment(limit)] {
+              std::unique_lock<std::mutex> lock(mutex_);
+              if (!done_cv_.wait_for(lock, limit, [this] { return done_; })) {
+                  std::fprintf(stderr, "watchdog: \"%s\" did not finish within %llds: a deadlock?\n", what,
+                               static_cast<long long>(limit.count()));
+                  std::fflush(stderr);
+                  std::_Exit(3);
+              }
+          }) {}
+    Watchdog(const Watchdog&) = delete;
+    Watchdog& operator=(const Watchdog&) = delete;
+    ~Watchdog() {
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            done_ = true;
+        }
+        done_cv_.notify_all();
+        thread_.join();
+    }
+
+private:
+    static std::chrono::seconds limit_from_environment(std::chrono::seconds fallback) {
+        const char* text = std::getenv("CBM_WATCHDOG_SECONDS");
+        const long seconds = text != nullptr ? std::strtol(text, nullptr, 10) : 0;
+        return seconds > 0 ? std::chrono::seconds(seconds) : fallback;
+    }
+
+    std::mutex mutex_;
+    std::condition_variable done_cv_;
+    bool done_ = false;
+    std::thread thread_;  // last: starts once the members above exist
 };
 
 }  // namespace cbm_test

@@ -5,7 +5,7 @@
 // freed (a thread that exits hands its record to the next thread), so a
 // writer can scan them at any time without further protection.
 //
-// A record publishes three things, each written only by its owner:
+// A record publishes four things, each written only by its owner:
 //   * epoch: the global epoch seen when the owner entered its outermost
 //     trigger, or 0 outside triggers. Epoch-based reclamation: memory that
 //     was unlinked while the global epoch was s is freed only when every
@@ -15,6 +15,10 @@
 //     unregister() waits while another record names its node; a group's
 //     destructor waits while another record names its domain.
 //   * hazard slots for Snapshot read handles.
+//   * waiting_for: the node whose invocations the owner waits for in a
+//     blocking unregister/clear/erase while it is itself inside a trigger, so
+//     that waiters can find wait cycles (unregister.hpp). Stored and loaded
+//     seq_cst: of two threads that start waiting, at least one sees the other.
 //
 // Memory ordering:
 //   Owner stores are relaxed, followed by light_barrier() before the owner
@@ -73,6 +77,7 @@ struct alignas(64) ThreadRecord {
     std::uint32_t depth = 0;              // owner only: current trigger nesting
     std::uint32_t index = 0;              // immutable: unique among records, so among live threads
     std::atomic<bool> in_use{false};
+    std::atomic<const void*> waiting_for{nullptr};  // written by the owner, see above
     ThreadRecord* next_record = nullptr;  // immutable once the record is published
     std::vector<Deferred> deferred;       // owner only
     LevelChunk levels;
@@ -208,14 +213,18 @@ inline bool node_announced(const void* node, bool include_self) {
     return some_level_holds(&TriggerLevel::node, node, include_self);
 }
 
+// True when `r` has `node` announced at some level (acquire loads).
+inline bool record_announces(ThreadRecord& r, const void* node) {
+    bool hit = false;
+    for_each_level(r, [&](TriggerLevel& l) { hit = hit || l.node.load(std::memory_order_acquire) == node; });
+    return hit;
+}
+
 // True when the calling thread itself has `node` announced at some level
 // (it is inside that callback, or further up its own stack).
 inline bool node_announced_by_self(const void* node) {
     ThreadRecord* self = t_record;
-    if (self == nullptr) return false;
-    bool hit = false;
-    for_each_level(*self, [&](TriggerLevel& l) { hit = hit || l.node.load(std::memory_order_relaxed) == node; });
-    return hit;
+    return self != nullptr && record_announces(*self, node);
 }
 
 inline bool domain_entered_elsewhere(const void* domain) {

@@ -78,19 +78,77 @@ inline void notify_waiters(NodeBase& n) noexcept {
     n.wake.notify_all();
 }
 
-// Returns when no thread other than the caller has `n` announced. The caller
-// must have set kUnregistered | kWaiter and run writer_barrier() since.
-inline void wait_until_idle_elsewhere(NodeBase& n) {
+// True when the thread of `blocker` (which runs a node this thread waits
+// for) is itself blocked in a cbm wait that leads back to `self`: it waits
+// for a node `self` is inside, or for a node run by a thread that does, and
+// so on. Waiting for it would close a cycle. Follows the edges "a record ->
+// the node it waits for -> the records running that node".
+inline bool waits_back_on(ThreadRecord& self, ThreadRecord& blocker) noexcept {
+    try {
+        std::vector<ThreadRecord*> visited;
+        std::vector<ThreadRecord*> pending{&blocker};
+        while (!pending.empty()) {
+            ThreadRecord* r = pending.back();
+            pending.pop_back();
+            bool seen_before = false;
+            for (ThreadRecord* v : visited) seen_before = seen_before || v == r;
+            if (seen_before) continue;
+            visited.push_back(r);
+            const void* awaited = r->waiting_for.load(std::memory_order_seq_cst);
+            if (awaited == nullptr) continue;
+            if (record_announces(self, awaited)) return true;
+            for (ThreadRecord* u = g_records.head.load(std::memory_order_acquire); u != nullptr; u = u->next_record) {
+                if (u != r && u != &self && record_announces(*u, awaited)) pending.push_back(u);
+            }
+        }
+    } catch (...) {
+        // Out of memory: no cycle found, so wait (as before this check existed).
+    }
+    return false;
+}
+
+// Returns once no thread other than the caller runs `n`, except threads on a
+// wait cycle back to the caller (see waits_back_on): those are blocked in a
+// cbm wait for an invocation the caller is inside, so waiting for them would
+// deadlock. Returns true when it waited for every other thread, false when
+// it left some on a cycle (their invocations may still be running). The
+// caller must have set kUnregistered | kWaiter and run writer_barrier() since.
+inline bool wait_until_idle_elsewhere(NodeBase& n) {
+    ThreadRecord* self = t_record;
+    // Only a thread inside a trigger can be on a cycle (it runs something).
+    ThreadRecord* const inside = self != nullptr && self->depth != 0 ? self : nullptr;
+    if (inside != nullptr) inside->waiting_for.store(&n, std::memory_order_seq_cst);
     Backoff backoff;
+    bool cut = false;
     for (;;) {
         const std::uint32_t seen = n.wake.load(std::memory_order_acquire);
-        if (!node_announced(&n, false)) return;
+        bool blocked = false;
+        cut = false;
+        any_record(false, [&](ThreadRecord& r) {
+            if (!record_announces(r, &n)) return false;
+            if (inside != nullptr && waits_back_on(*inside, r)) {
+                cut = true;
+                return false;
+            }
+            blocked = true;
+            return true;
+        });
+        if (!blocked) break;
         if (backoff.sleeping()) {
             n.wake.wait(seen, std::memory_order_acquire);
         } else {
             backoff.pause();
         }
     }
+    if (inside != nullptr) inside->waiting_for.store(nullptr, std::memory_order_seq_cst);
+    return !cut;
+}
+
+// After a wait: destroys the callable now unless some thread may still run
+// it (this one, or one on a cut wait cycle); then the retirement of its
+// target hook destroys it once no trigger can reach it.
+inline void destroy_target_if_idle(NodeBase& n, bool waited_for_all) noexcept {
+    if (waited_for_all && !node_announced_by_self(&n)) n.destroy_target_once();
 }
 
 // Registration::unregister (`wait`) and unregister_nowait.
@@ -100,10 +158,7 @@ inline bool unregister_node(NodeBase& n, bool wait) {
     if (won) detach(&n);
     if (wait) {
         writer_barrier();
-        wait_until_idle_elsewhere(n);
-        // Not while this thread itself runs it: then the reclamation of
-        // target_hook destroys it, after this thread's trigger has returned.
-        if (!node_announced_by_self(&n)) n.destroy_target_once();
+        destroy_target_if_idle(n, wait_until_idle_elsewhere(n));
     }
     return won;
 }
@@ -135,10 +190,7 @@ public:
     // then destroys their callables.
     void wait_and_destroy() {
         writer_barrier();
-        for (NodeBase* n : nodes_) {
-            wait_until_idle_elsewhere(*n);
-            if (!node_announced_by_self(n)) n->destroy_target_once();
-        }
+        for (NodeBase* n : nodes_) destroy_target_if_idle(*n, wait_until_idle_elsewhere(*n));
     }
 
 private:

@@ -1,0 +1,212 @@
+// Tests for the rules of cbm's blocking waits (detail/unregister.hpp, as
+// documented in registration.hpp and the README): unregister(), a
+// ScopedRegistration's reset, clear() and erase() never wait for an
+// invocation the calling thread is inside, and never deadlock on a wait
+// cycle. Every test runs under a watchdog: a deadlock fails the program
+// instead of hanging it.
+#include <cbm/callback_group.hpp>
+#include <cbm/callback_registry.hpp>
+#include <cbm/registration.hpp>
+
+#include <catch2/catch.hpp>
+
+#include <atomic>
+#include <latch>
+#include <string>
+#include <thread>
+
+#include "test_support.hpp"
+
+using cbm::CallbackGroup;
+using cbm::CallbackRegistry;
+using cbm::CallbackState;
+using cbm::Registration;
+using cbm::ScopedRegistration;
+using cbm_test::Watchdog;
+
+namespace {
+constexpr int kRounds = 200;
+
+// Runs `a` and `b` on two threads at once and joins both.
+template <class A, class B>
+void on_two_threads(A&& a, B&& b) {
+    std::thread first(std::forward<A>(a));
+    std::thread second(std::forward<B>(b));
+    first.join();
+    second.join();
+}
+}  // namespace
+
+TEST_CASE("two threads inside one callback that both unregister it both return, and exactly one wins",
+          "[blocking][race]") {
+    const Watchdog watchdog("two threads unregister the callback they are both inside");
+    CallbackGroup<void()> group;
+    for (int round = 0; round < kRounds; ++round) {
+        std::latch both_inside(2);
+        std::atomic<int> wins{0};
+        std::atomic<int> runs{0};
+        Registration r;
+        r = group.add([&] {
+            runs.fetch_add(1);
+            both_inside.arrive_and_wait();
+            if (r.unregister()) wins.fetch_add(1);
+        });
+        on_two_threads([&] { group.trigger(); }, [&] { group.trigger(); });
+        REQUIRE(runs.load() == 2);
+        REQUIRE(wins.load() == 1);
+        REQUIRE(r.state() == CallbackState::unregistered);
+        group.trigger();  // no new invocation starts
+        REQUIRE(runs.load() == 2);
+    }
+}
+
+TEST_CASE("two scoped registrations of one callback, each reset inside it on its own thread, both return",
+          "[blocking][race]") {
+    const Watchdog watchdog("two threads reset scoped registrations of the callback they are inside");
+    CallbackGroup<void(int)> group;
+    for (int round = 0; round < kRounds; ++round) {
+        std::latch both_inside(2);
+        Registration r;
+        ScopedRegistration owners[2];
+        r = group.add([&](int who) {
+            both_inside.arrive_and_wait();
+            owners[who].reset();
+        });
+        owners[0] = ScopedRegistration(r);
+        owners[1] = ScopedRegistration(r);
+        on_two_threads([&] { group.trigger(0); }, [&] { group.trigger(1); });
+        REQUIRE(r.state() == CallbackState::unregistered);
+        REQUIRE_FALSE(owners[0]);
+        REQUIRE_FALSE(owners[1]);
+    }
+}
+
+TEST_CASE("a callback's own unregister racing clear() called from another invocation of it: both return",
+          "[blocking][race]") {
+    const Watchdog watchdog("unregister against clear from inside the same callback");
+    CallbackGroup<void(int)> group;
+    for (int round = 0; round < kRounds; ++round) {
+        std::latch both_inside(2);
+        std::atomic<int> removed_by_clear{-1};
+        std::atomic<bool> unregister_won{false};
+        Registration r;
+        r = group.add([&](int who) {
+            both_inside.arrive_and_wait();
+            if (who == 0) {
+                unregister_won.store(r.unregister());
+            } else {
+                removed_by_clear.store(static_cast<int>(group.clear()));
+            }
+        });
+        on_two_threads([&] { group.trigger(0); }, [&] { group.trigger(1); });
+        REQUIRE(r.state() == CallbackState::unregistered);
+        REQUIRE((unregister_won.load() ? 1 : 0) + removed_by_clear.load() == 1);  // exactly one removed it
+        REQUIRE(group.empty());
+    }
+}
+
+TEST_CASE("a callback's own unregister racing erase() of its key called from another invocation: both return",
+          "[blocking][race]") {
+    const Watchdog watchdog("unregister against erase from inside the same callback");
+    CallbackRegistry<std::string, void(int)> registry;
+    for (int round = 0; round < kRounds; ++round) {
+        std::latch both_inside(2);
+        std::atomic<int> removed_by_erase{-1};
+        std::atomic<bool> unregister_won{false};
+        Registration r;
+        r = registry.add("k", [&](int who) {
+            both_inside.arrive_and_wait();
+            if (who == 0) {
+                unregister_won.store(r.unregister());
+            } else {
+                removed_by_erase.store(static_cast<int>(registry.erase("k")));
+            }
+        });
+        on_two_threads([&] { registry.trigger("k", 0); }, [&] { registry.trigger("k", 1); });
+        REQUIRE((unregister_won.load() ? 1 : 0) + removed_by_erase.load() == 1);
+        REQUIRE_FALSE(registry.contains("k"));
+    }
+}
+
+TEST_CASE("a wait cycle across two callbacks is cut: each unregisters the other from inside its own, both return",
+          "[blocking][race]") {
+    const Watchdog watchdog("callback A waits for B while B waits for A");
+    CallbackGroup<void()> group_a;
+    CallbackGroup<void()> group_b;
+    for (int round = 0; round < kRounds; ++round) {
+        std::latch both_inside(2);
+        std::atomic<int> wins{0};
+        Registration a;
+        Registration b;
+        a = group_a.add([&] {
+            both_inside.arrive_and_wait();
+            wins.fetch_add(b.unregister() ? 1 : 0);
+        });
+        b = group_b.add([&] {
+            both_inside.arrive_and_wait();
+            wins.fetch_add(a.unregister() ? 1 : 0);
+        });
+        on_two_threads([&] { group_a.trigger(); }, [&] { group_b.trigger(); });
+        REQUIRE(wins.load() == 2);
+        REQUIRE(a.state() == CallbackState::unregistered);
+        REQUIRE(b.state() == CallbackState::unregistered);
+    }
+}
+
+TEST_CASE("a wait cycle through three threads is cut as well", "[blocking][race]") {
+    const Watchdog watchdog("three callbacks wait for each other in a ring");
+    CallbackGroup<void(int)> group;
+    for (int round = 0; round < kRounds / 4; ++round) {
+        std::latch all_inside(3);
+        Registration ring[3];
+        std::atomic<int> wins{0};
+        for (int i = 0; i < 3; ++i) {
+            ring[i] = group.add(
+                [&, i](int who) {
+                    if (who != i) return;
+                    all_inside.arrive_and_wait();
+                    wins.fetch_add(ring[(i + 1) % 3].unregister() ? 1 : 0);
+                },
+                {.filter = [i](int who) { return who == i; }});
+        }
+        std::thread t0([&] { group.trigger(0); });
+        std::thread t1([&] { group.trigger(1); });
+        std::thread t2([&] { group.trigger(2); });
+        t0.join();
+        t1.join();
+        t2.join();
+        REQUIRE(wins.load() == 3);
+        REQUIRE(group.empty());
+    }
+}
+
+TEST_CASE("after a cut wait the callable is destroyed only once no thread runs it", "[blocking][race][lifetime]") {
+    const Watchdog watchdog("lifetime of a callable whose wait was cut");
+    CallbackGroup<void()> group_a;
+    CallbackGroup<void()> group_b;
+    for (int round = 0; round < kRounds; ++round) {
+        cbm_test::Counter counter;
+        std::atomic<int> dead_inside{0};  // a callable found destroyed while its invocation ran
+        {
+            std::latch both_inside(2);
+            Registration a;
+            Registration b;
+            a = group_a.add([&, tracked = cbm_test::Tracked(counter)] {
+                both_inside.arrive_and_wait();
+                b.unregister();
+                if (!tracked.alive()) dead_inside.fetch_add(1);
+            });
+            b = group_b.add([&, tracked = cbm_test::Tracked(counter)] {
+                both_inside.arrive_and_wait();
+                a.unregister();
+                if (!tracked.alive()) dead_inside.fetch_add(1);
+            });
+            on_two_threads([&] { group_a.trigger(); }, [&] { group_b.trigger(); });
+        }
+        group_a.clear();  // also reclaims what no trigger can reach any more
+        group_b.clear();
+        REQUIRE(dead_inside.load() == 0);
+        REQUIRE(counter.errors.load() == 0);
+        REQUIRE(counter.alive() == 0);
+    }
+}
