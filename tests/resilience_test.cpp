@@ -250,3 +250,44 @@ TEST_CASE("resilience settings that make no sense are refused at add, and nothin
     REQUIRE_THROWS_AS(group.add(f, {.once = true, .circuit_breaker = {.failures = 1}}), std::invalid_argument);
     REQUIRE(group.empty());
 }
+
+TEST_CASE("no retry starts after the callback unregisters itself during an attempt, by any path",
+          "[resilience][retry][unregister]") {
+    ManualClock clock;
+    CallbackGroup<void()> group(GroupOptions{.clock = &clock});
+    for (const char* path : {"unregister", "unregister_nowait", "context"}) {
+        INFO(path);
+        int attempts = 0;
+        cbm::Registration r;
+        auto [ctx, cancel] = cbm::with_cancel(cbm::Context::background());
+        r = group.add(
+            [&, cancel = cancel, path] {
+                ++attempts;
+                if (std::string(path) == "unregister") r.unregister();
+                if (std::string(path) == "unregister_nowait") r.unregister_nowait();
+                if (std::string(path) == "context") cancel();
+                throw std::runtime_error("fails");
+            },
+            {.context = ctx, .retry = {.attempts = 5}});
+        const cbm::TriggerResult result = group.trigger();
+        REQUIRE(attempts == 1);
+        REQUIRE(result.failed == 1);
+        REQUIRE(r.state() == cbm::CallbackState::unregistered);
+    }
+}
+
+TEST_CASE("a once callback with retries runs its attempts inside the one invocation that claimed it",
+          "[resilience][retry][once]") {
+    ManualClock clock;
+    CallbackGroup<void()> group(GroupOptions{.clock = &clock});
+    int attempts = 0;
+    group.add(
+        [&] {
+            if (++attempts < 3) throw std::runtime_error("not yet");
+        },
+        {.once = true, .retry = {.attempts = 5}});
+    REQUIRE(group.trigger().ok());
+    REQUIRE(attempts == 3);
+    group.trigger();
+    REQUIRE(attempts == 3);
+}

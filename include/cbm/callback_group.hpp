@@ -100,7 +100,8 @@ public:
     // thread (see Registration::unregister), then also destroys callables left
     // by earlier unregister_nowait() and `once` runs that no trigger can still
     // reach. Returns how many it unregistered.
-    // Blocks: while callbacks of this group run on other threads.
+    // Blocks: while callbacks of this group run on other threads (never on a
+    // wait cycle: see Registration::unregister).
     std::size_t clear() {
         return core_.take_and_wait([this](detail::TakenNodes& taken) { return taken.take_all(core_.state(), list_); },
                                    detail::AfterTaking::reclaim_unreachable_now);

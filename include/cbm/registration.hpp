@@ -65,8 +65,11 @@ public:
     // Effect: the callback never starts again, and when this returns it is not
     // running on any thread other than the caller's. Called from inside the
     // callback itself (or while it runs further up this thread's stack) it
-    // does not wait for that invocation. Once no thread runs it, its callable
-    // and filter are destroyed (if no other call did so already).
+    // does not wait for that invocation. Never deadlocks: it does not wait
+    // for threads that are blocked in a cbm wait for an invocation the caller
+    // is inside (a wait cycle; see the README's rules of the blocking waits);
+    // those may still run it when this returns. Once no thread runs it, its
+    // callable and filter are destroyed (if no other call did so already).
     // Returns: true only for the call that moved the callback to
     // `unregistered`; false for an idle handle or when clear(), erase(), the
     // group's destruction, a `once` run or another unregister got there first.

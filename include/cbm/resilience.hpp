@@ -14,7 +14,9 @@
 //   if it returned normally.
 // * retry: up to `attempts` attempts in all, waiting initial_backoff *
 //   multiplier^(n-1) (at most max_backoff, +/- jitter) between them, on the
-//   triggering thread; it stops early when the trigger's context is canceled.
+//   triggering thread; it stops early when the trigger's context is canceled
+//   or the callback is unregistered (a `once` callback's attempts all run in
+//   the one invocation that claimed it).
 // * circuit breaker: after `failures` consecutive failed invocations (each
 //   after its retries) the callback is skipped for `cool_down`; then one
 //   trial invocation closes the circuit (success) or opens it again.

@@ -72,7 +72,7 @@ public:
         // The key's last callback is gone: the key goes too.
         void on_emptied(RetireList& retired) noexcept override {
             retire_array(retired);
-            table->remove_entry(this);
+            if (!table->removing_every_key_) table->remove_entry(this);
         }
         std::string key_text() const override { return detail::key_text(key); }
     };
@@ -149,12 +149,32 @@ public:
 
     // Under the mutex: takes every callback of every key (the keys go with
     // them). Returns how many this call unregistered.
+    // In bulk: the keys leave with one new, empty table (their links go with
+    // the old one), not one unlink and table resize per key.
     std::size_t take_every_key(TakenNodes& taken) {
-        std::vector<Entry*> entries;
-        entries.reserve(key_count());
-        for_each_entry([&](Entry* e) { entries.push_back(e); });
+        Table* old = table_.load(std::memory_order_relaxed);
+        Table* empty = Table::make(kMinBuckets);  // these two may throw: before anything changed
+        std::size_t callbacks = 0;
+        for_each_entry([&](const Entry* e) { callbacks += e->count(); });
+        try {
+            taken.reserve(callbacks);
+        } catch (...) {
+            Table::reclaim(empty);
+            throw;
+        }
         std::size_t removed = 0;
-        for (Entry* e : entries) removed += taken.take_all(group_, *e);
+        removing_every_key_ = true;
+        for_each_entry([&](Entry* e) { removed += taken.take_all(group_, *e); });
+        removing_every_key_ = false;
+        table_.store(empty, std::memory_order_release);
+        for (std::size_t i = 0; i < old->bucket_count(); ++i) {
+            for (Link* l = old->buckets[i].load(std::memory_order_relaxed); l != nullptr;
+                 l = l->next.load(std::memory_order_relaxed)) {
+                group_.retired.retire(l->entry, &reclaim_entry);
+            }
+        }
+        group_.retired.retire(old, &Table::reclaim);
+        key_count_.store(0, std::memory_order_relaxed);
         return removed;
     }
 
@@ -239,6 +259,7 @@ private:
     KeyEqual equal_;
     std::atomic<Table*> table_{nullptr};     // written under the mutex
     std::atomic<std::size_t> key_count_{0};  // written under the mutex
+    bool removing_every_key_ = false;        // under the mutex: take_every_key unlinks in bulk
 };
 
 }  // namespace cbm::detail

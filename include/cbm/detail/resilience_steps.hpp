@@ -94,18 +94,23 @@ std::exception_ptr run_resilient(const Node<Signature>& node, GroupState& group,
         return nullptr;
     }
     const Context& trigger_context = current_context();
+    // No attempt starts once the callback is unregistered, by any path. A
+    // `once` callback is unregistered by its own claim: its attempts all run
+    // inside the one invocation that claimed it.
+    const bool once = node.is_once();
+    auto may_retry = [&] { return !trigger_context.canceled() && (once || !node.unregistered()); };
     std::exception_ptr error;
     for (attempts = 1;; ++attempts) {
         error = attempt_with_timeout(node, group, thread_index, sampled, args...);
         sampled = false;
-        if (!error || attempts >= r.retry.attempts || trigger_context.canceled()) break;
+        if (!error || attempts >= r.retry.attempts || !may_retry()) break;
         bool waited = false;
         try {
             waited = clock.sleep_for(backoff_after(r.retry, attempts), trigger_context);
         } catch (...) {
             waited = false;
         }
-        if (!waited) break;
+        if (!waited || !may_retry()) break;
         if (node.stats != nullptr) CallbackStats::bump(node.stats->retries);
     }
     record_outcome(r, clock, admission, static_cast<bool>(error));

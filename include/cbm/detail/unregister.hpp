@@ -171,11 +171,18 @@ public:
         for (NodeBase* n : nodes_) n->release_ref();
     }
 
+    // Room for `more` nodes, so that the next take_all calls that many need
+    // no allocation. Throws: std::bad_alloc.
+    void reserve(std::size_t more) { nodes_.reserve(nodes_.size() + more); }
+
     // Under the group mutex: marks every node of `list` unregistered,
     // detaches and retires them all. Returns how many this call unregistered.
     // Throws: std::bad_alloc before changing anything.
     std::size_t take_all(GroupState& group, CallbackList& list) {
-        nodes_.reserve(nodes_.size() + list.count());
+        // Grow geometrically: a registry's clear() calls this once per key,
+        // and reserving exactly made it quadratic in the number of keys.
+        const std::size_t needed = nodes_.size() + list.count();
+        if (needed > nodes_.capacity()) nodes_.reserve(needed > 2 * nodes_.capacity() ? needed : 2 * nodes_.capacity());
         std::size_t won = 0;
         list.remove_all(group.retired, [&](NodeBase* n) {
             n->add_ref();
