@@ -210,3 +210,119 @@ TEST_CASE("after a cut wait the callable is destroyed only once no thread runs i
         REQUIRE(counter.alive() == 0);
     }
 }
+
+namespace {
+
+// Starts `remove_first` and then `operation` on other threads while a
+// callback is blocked on its own thread (`start_callback` triggers it), and
+// returns whether the callback had finished when `operation` returned: true
+// when the operation waited for it. The callback is released once the
+// operation returns or 200 ms have passed (a bound on how long a wrong
+// implementation gets to return early, not a synchronisation: a right one
+// passes whatever the delay).
+template <class Start, class RemoveFirst, class Operation>
+bool waited_for_blocked_callback(cbm_test::BlockingCallback& blocking, Start&& start_callback,
+                                 RemoveFirst&& remove_first, Operation&& operation) {
+    std::thread callback_thread(std::forward<Start>(start_callback));
+    blocking.wait_until_running();
+    std::atomic<bool> first_done{false};
+    std::thread first([&] {
+        remove_first();
+        first_done.store(true);
+    });
+    std::atomic<bool> operation_done{false};
+    bool finished_on_return = false;
+    std::thread second([&] {
+        operation();
+        finished_on_return = blocking.finished();
+        operation_done.store(true);
+    });
+    cbm_test::eventually([&] { return operation_done.load(); }, std::chrono::milliseconds(200));
+    blocking.release();
+    second.join();
+    first.join();
+    callback_thread.join();
+    return finished_on_return;
+}
+
+}  // namespace
+
+TEST_CASE("a second clear() waits for a callback the first clear() took and that still runs elsewhere",
+          "[blocking][race]") {
+    const Watchdog watchdog("second clear");
+    for (int round = 0; round < 20; ++round) {
+        CallbackGroup<void()> group;
+        cbm_test::BlockingCallback blocking;
+        group.add([&] { blocking.run(); });
+        std::atomic<bool> first_started{false};
+        REQUIRE(waited_for_blocked_callback(
+            blocking, [&] { group.trigger(); },
+            [&] {
+                first_started.store(true);
+                group.clear();
+            },
+            [&] {
+                cbm_test::eventually([&] { return first_started.load() && group.empty(); });
+                group.clear();
+            }));
+    }
+}
+
+TEST_CASE("clear() waits for a callback unregistered without waiting, by unregister_nowait or its context",
+          "[blocking][race]") {
+    const Watchdog watchdog("clear after unregister_nowait");
+    for (const bool by_context : {false, true}) {
+        INFO((by_context ? "context canceled" : "unregister_nowait"));
+        for (int round = 0; round < 20; ++round) {
+            CallbackGroup<void()> group;
+            cbm_test::BlockingCallback blocking;
+            auto [ctx, cancel] = cbm::with_cancel(cbm::Context::background());
+            Registration r = group.add([&] { blocking.run(); }, {.context = ctx});
+            REQUIRE(waited_for_blocked_callback(
+                blocking, [&] { group.trigger(); },
+                [&, cancel = cancel] {
+                    if (by_context) {
+                        cancel();
+                    } else {
+                        r.unregister_nowait();
+                    }
+                },
+                [&] {
+                    cbm_test::eventually([&] { return group.empty(); });
+                    group.clear();
+                }));
+        }
+    }
+}
+
+TEST_CASE("a second erase() of a key waits for a callback of it that still runs elsewhere", "[blocking][race]") {
+    const Watchdog watchdog("second erase");
+    for (int round = 0; round < 20; ++round) {
+        CallbackRegistry<std::string, void()> registry;
+        cbm_test::BlockingCallback blocking;
+        Registration r = registry.add("k", [&] { blocking.run(); });
+        registry.add("other", [] {});
+        REQUIRE(waited_for_blocked_callback(
+            blocking, [&] { registry.trigger("k"); }, [&] { r.unregister_nowait(); },
+            [&] {
+                cbm_test::eventually([&] { return !registry.contains("k"); });
+                registry.erase("k");
+            }));
+        REQUIRE(registry.contains("other"));
+    }
+}
+
+TEST_CASE("erase() of another key does not wait for a callback removed from this one", "[blocking][race]") {
+    const Watchdog watchdog("erase of another key");
+    CallbackRegistry<std::string, void()> registry;
+    cbm_test::BlockingCallback blocking;
+    Registration r = registry.add("k", [&] { blocking.run(); });
+    registry.add("other", [] {});
+    std::thread callback_thread([&] { registry.trigger("k"); });
+    blocking.wait_until_running();
+    r.unregister_nowait();
+    REQUIRE(registry.erase("other") == 1);  // returns while "k"'s callback still runs
+    REQUIRE_FALSE(blocking.finished());
+    blocking.release();
+    callback_thread.join();
+}

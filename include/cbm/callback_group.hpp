@@ -97,13 +97,16 @@ public:
     }
 
     // Effect: unregisters every callback and waits until none runs on another
-    // thread (see Registration::unregister), then also destroys callables left
+    // thread (see Registration::unregister), also none removed earlier by any
+    // path (unregister_nowait, a context, a once run, another clear), then
+    // also destroys callables left
     // by earlier unregister_nowait() and `once` runs that no trigger can still
     // reach. Returns how many it unregistered.
     // Blocks: while callbacks of this group run on other threads (never on a
     // wait cycle: see Registration::unregister).
     std::size_t clear() {
         return core_.take_and_wait([this](detail::TakenNodes& taken) { return taken.take_all(core_.state(), list_); },
+                                   [](const detail::NodeBase&) { return true; },  // the group's only list
                                    detail::AfterTaking::reclaim_unreachable_now);
     }
 

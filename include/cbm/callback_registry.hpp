@@ -123,7 +123,9 @@ public:
     }
 
     // Effect: unregisters every callback under `key` and waits as
-    // Registration::unregister does. Returns how many it unregistered.
+    // Registration::unregister does, also for callbacks of the key removed
+    // earlier (unregister_nowait, a context, a once run, another erase) that
+    // may still run. Returns how many it unregistered.
     std::size_t erase(const Key& key) {
         const std::size_t h = table_.hash(key);
         return core_.take_and_wait(
@@ -131,12 +133,14 @@ public:
                 Entry* entry = table_.find(key, h);
                 return entry != nullptr ? taken.take_all(core_.state(), *entry) : 0;
             },
+            [&](const detail::NodeBase& node) { return table_.was_in(node, key, h); },
             detail::AfterTaking::reclaim_soon);
     }
 
     // Effect: erase() for every key. Returns how many callbacks it unregistered.
     std::size_t clear() {
         return core_.take_and_wait([this](detail::TakenNodes& taken) { return table_.take_every_key(taken); },
+                                   [](const detail::NodeBase&) { return true; },  // every key
                                    detail::AfterTaking::reclaim_unreachable_now);
     }
 

@@ -105,6 +105,8 @@ public:
     }
     void wait_until_running() const { entered_.wait(); }
     bool finished() const { return finished_.load(); }
+    // Lets the callback go.
+    void release() { release_.open(); }
 
     // Runs `operation` on a new thread while the callback is blocked, lets the
     // callback go once `operation_started()` holds, and returns whether the

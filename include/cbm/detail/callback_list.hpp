@@ -104,6 +104,7 @@ struct CallbackList {
     // callable, and compacts the array once tombstones outnumber live
     // callbacks. Calls on_emptied() when it was the last one.
     void remove(NodeBase* n, RetireList& retired) noexcept {
+        n->former_list = this;
         n->list = nullptr;
         retire_target(n, retired);
         size.store(count() - 1, std::memory_order_relaxed);
@@ -124,6 +125,7 @@ struct CallbackList {
     void remove_all(RetireList& retired, Visit&& visit) noexcept {
         for_each_live_node([&](NodeBase* n) {
             visit(n);
+            n->former_list = this;
             n->list = nullptr;
             retire_target(n, retired);
         });

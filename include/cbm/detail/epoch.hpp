@@ -86,6 +86,12 @@ public:
 
     std::size_t size() const noexcept { return count_; }
 
+    // Every object retired and not yet reclaimed, oldest first.
+    template <class Visit>
+    void for_each(Visit&& visit) const {
+        for (Retirable* r = head_; r != nullptr; r = r->retire_next) visit(r);
+    }
+
     // Moves what no reader can reach into `batch`: everything at once when no
     // other thread holds a record and the caller is outside any trigger (no
     // barrier needed; see writer_barrier()), otherwise in batches, once enough

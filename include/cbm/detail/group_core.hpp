@@ -140,14 +140,17 @@ public:
 
     // Takes callbacks out with `take_locked(TakenNodes&)` (under the lock;
     // returns how many it unregistered), then waits until none of them runs
-    // on another thread and destroys their callables.
-    template <class TakeLocked>
-    std::size_t take_and_wait(TakeLocked&& take_locked, AfterTaking after) {
+    // on another thread and destroys their callables. It also waits for the
+    // callbacks detached earlier, by any path, that `was_taken_from(node)`
+    // says come from the same lists and that may still run.
+    template <class TakeLocked, class WasTakenFrom>
+    std::size_t take_and_wait(TakeLocked&& take_locked, WasTakenFrom&& was_taken_from, AfterTaking after) {
         TakenNodes taken;
         std::size_t removed = 0;
         {
             ReclaimBatch batch;
             std::lock_guard<std::mutex> lock(state_->mutex);
+            taken.take_detached(*state_, was_taken_from);
             removed = take_locked(taken);
             reclaim_soon(*state_, batch);
             if (after == AfterTaking::reclaim_unreachable_now) state_->retired.reclaim_unreachable(batch);

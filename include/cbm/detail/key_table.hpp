@@ -103,6 +103,16 @@ public:
         return nullptr;
     }
 
+    // Under the mutex: true when `node`, detached and with its target hook
+    // still retired, was detached from an entry of `key`. That entry is then
+    // still allocated: it was retired after the node's hook (on_emptied runs
+    // after the last remove), and retired objects are reclaimed in order.
+    template <class K>
+    bool was_in(const NodeBase& node, const K& key, std::size_t h) const {
+        const auto* e = static_cast<const Entry*>(node.former_list);
+        return e != nullptr && e->hash == h && equal_(e->key, key);
+    }
+
     // Under the mutex: the entry of `key`, created if missing (`created`).
     // Throws std::bad_alloc before publishing anything.
     Entry* find_or_create(const Key& key, std::size_t h, bool& created) {

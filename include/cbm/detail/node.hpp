@@ -69,6 +69,7 @@ struct NodeBase {
     std::atomic<std::uint32_t> wake{0};  // bumped to wake blocking unregisters
     int priority = 0;                    // immutable
     CallbackList* list = nullptr;        // under the group mutex; null once detached
+    CallbackList* former_list = nullptr; // under the group mutex: the list it was detached from
     GroupState* group = nullptr;         // counted reference, immutable
     std::string name;                    // immutable
     CallbackStats* stats = nullptr;      // immutable; owned by Node<Sig>; set when the group is instrumented

@@ -193,6 +193,28 @@ public:
         return won;
     }
 
+    // Under the group mutex: also takes (to wait for) every node detached
+    // earlier, by any path, whose callable no trigger has been proven done
+    // with yet (its target hook is still retired, not reclaimed), where
+    // `belongs(node)` says it was in the lists being cleared. So clear() and
+    // erase() wait for callbacks that were there when they began, whoever
+    // removed them first. Throws: std::bad_alloc before changing anything.
+    template <class Belongs>
+    void take_detached(GroupState& group, Belongs&& belongs) {
+        std::vector<NodeBase*> found;
+        group.retired.for_each([&](Retirable* r) {
+            if (r->reclaim != &reclaim_hooked_node) return;
+            NodeBase* n = static_cast<NodeRetireHook*>(r)->node;
+            if (r == &n->target_hook && belongs(*n)) found.push_back(n);
+        });
+        reserve(found.size());
+        for (NodeBase* n : found) {
+            n->add_ref();
+            n->state.fetch_or(kWaiter, std::memory_order_acq_rel);
+            nodes_.push_back(n);
+        }
+    }
+
     // Outside the mutex: waits until no other thread runs any of the nodes,
     // then destroys their callables.
     void wait_and_destroy() {
