@@ -7,30 +7,60 @@
 // running on other threads). When the callback is unregistered some other
 // way first, the listener becomes obsolete and is pruned the next time the
 // context's list grows, so a long-lived context with short-lived callbacks
-// stays small.
+// stays small. Memory ordering: the listener's count is dropped with acq_rel
+// (the last holder sees every write); the rest is unregister.hpp's.
 #pragma once
 
+#include <atomic>
+#include <cstdint>
 #include <utility>
 
+#include "async_runner.hpp"
 #include "context_node.hpp"
 #include "intrusive_ref.hpp"
 #include "node.hpp"
+#include "timer_service.hpp"
 #include "unregister.hpp"
 
 namespace cbm::detail {
 
-struct UnregisterOnCancel final : CancelListener {
+// The listener. On the timer thread (a deadline expired) it does not
+// unregister there: unregistering may destroy the callable and run other
+// user code, which must not hold up every other deadline of the process, so
+// it hands the work to the shared runner (async_runner.hpp).
+struct UnregisterOnCancel final : CancelListener, RunnerTask {
     IntrusiveRef<NodeBase, MemberRefOps> node;
+    std::atomic<std::uint32_t> refs{1};  // the listener list's; a queued run holds another
 
     void fire() noexcept override {
+        if (TimerService::on_timer_thread()) {
+            refs.fetch_add(1, std::memory_order_relaxed);
+            AsyncRunner::shared().post(this);
+            return;
+        }
+        unregister_now();
+    }
+    bool obsolete() const noexcept override { return node->unregistered(); }
+    void release_ref() noexcept override {
+        if (refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+    }
+
+    // RunnerTask: on a runner thread; after the runner's shutdown (process
+    // exit), on the thread that discards it.
+    void run() noexcept override {
+        unregister_now();
+        release_ref();
+    }
+    void discard() noexcept override { run(); }
+
+private:
+    void unregister_now() noexcept {
         try {
             unregister_node(*node, false);
         } catch (...) {
             // Only a failing mutex could throw; the callback then stays registered.
         }
     }
-    bool obsolete() const noexcept override { return node->unregistered(); }
-    void release_ref() noexcept override { delete this; }
 };
 
 // Used by add(): allocate first (the only step that can throw), register the

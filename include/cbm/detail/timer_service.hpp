@@ -82,6 +82,10 @@ public:
         return true;
     }
 
+    // True on the timer thread itself (while it expires an entry, for
+    // example): code that may run user code hands it elsewhere then.
+    static bool on_timer_thread() noexcept { return timer_thread_flag(); }
+
     std::size_t pending() const {
         std::lock_guard<std::mutex> lock(mutex_);
         return heap_.size();
@@ -108,7 +112,13 @@ public:
     // End of public interface. Implementation details follow.
 
 private:
+    static bool& timer_thread_flag() noexcept {
+        thread_local bool is_timer_thread = false;
+        return is_timer_thread;
+    }
+
     void run() {
+        timer_thread_flag() = true;
         std::unique_lock<std::mutex> lock(mutex_);
         while (!stopping_) {
             if (heap_.empty()) {
