@@ -146,7 +146,9 @@ public:
 
 private:
     template <class ShouldStop>
-    TriggerResult run(ShouldStop&& should_stop, Args&... args) {
+    // Always inlined (with GroupCore::trigger and TriggerScope): the loop is
+    // the one call a trigger makes.
+    [[gnu::always_inline]] TriggerResult run(ShouldStop&& should_stop, Args&... args) {
         return core_.trigger([this] { return &list_; }, should_stop, args...);
     }
 

@@ -193,7 +193,9 @@ private:
     using Entry = typename Table::Entry;
 
     template <class K, class ShouldStop>
-    TriggerResult run(const K& key, ShouldStop&& should_stop, Args&... args) {
+    // Always inlined (with GroupCore::trigger and TriggerScope): the loop is
+    // the one call a trigger makes.
+    [[gnu::always_inline]] TriggerResult run(const K& key, ShouldStop&& should_stop, Args&... args) {
         const std::size_t h = table_.hash(key);
         return core_.trigger([&]() -> detail::CallbackList* { return table_.find(key, h); }, should_stop, args...);
     }

@@ -208,6 +208,13 @@ private:
             tag_kept_.store(false, std::memory_order_relaxed);
             return;
         }
+        // Set before the scan: a reader whose tag the scan sees must find
+        // tag_kept_ set when it releases its handle (and then reclaim). Its
+        // release fence comes after the writer barrier in the fences' total
+        // order (else the scan would have seen its slot cleared), so it reads
+        // this store or a later one. Stored only after the scan, the reader
+        // could release first and leave the block retired for good.
+        tag_kept_.store(true, std::memory_order_relaxed);
         detail::writer_barrier();
         const bool tag_seen = detail::slot_holds(tag());
         bool kept_for_tag = false;

@@ -121,8 +121,10 @@ public:
 
     // Runs the callbacks of the list `find_list()` returns (null: none),
     // inside one read-side section, checking `should_stop` before each.
+    // Always inlined into the facade, as TriggerScope is: the loop
+    // (trigger_list_in) is the one call a trigger makes.
     template <class FindList, class ShouldStop>
-    TriggerResult trigger(FindList&& find_list, ShouldStop&& should_stop, Args&... args) {
+    [[gnu::always_inline]] TriggerResult trigger(FindList&& find_list, ShouldStop&& should_stop, Args&... args) {
         TriggerScope scope(state_);
         CallbackList* list = find_list();
         if (list == nullptr) return TriggerResult{};

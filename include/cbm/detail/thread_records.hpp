@@ -255,7 +255,9 @@ inline std::uint64_t min_active_epoch() {
 // RAII publication of one trigger() nesting level on the calling thread.
 class TriggerScope {
 public:
-    explicit TriggerScope(const void* domain)
+    // Always inlined: it is on every trigger, and the compiler sometimes
+    // outlines it in larger translation units.
+    [[gnu::always_inline]] explicit TriggerScope(const void* domain)
         : record_(current_record()), mode_(g_barrier_mode.load(std::memory_order_relaxed)) {
         depth_ = record_->depth;
         level_ = depth_ < kLevelsPerChunk ? &record_->levels.levels[depth_] : deep_level(depth_);
@@ -269,7 +271,7 @@ public:
     }
     TriggerScope(const TriggerScope&) = delete;
     TriggerScope& operator=(const TriggerScope&) = delete;
-    ~TriggerScope() {
+    [[gnu::always_inline]] ~TriggerScope() {
         level_->domain.store(nullptr, std::memory_order_release);
         record_->depth = depth_;
         if (depth_ == 0) {
