@@ -47,8 +47,11 @@ TEST_CASE("a callback unregistered by its context's deadline is not destroyed on
         const std::stop_callback on_stop(ctx.done(), [&] { canceled_on.store(std::this_thread::get_id()); });
         ReportsDestruction callable;
         const std::shared_ptr<ReportsDestruction::Report> report = callable.report;
-        group.add(std::move(callable), {.context = ctx});
+        // Armed before add: the 1 ms deadline may fire (and the callable die)
+        // before add returns. Moved-from copies hold no report, so only the
+        // callable cbm keeps can report.
         report->armed.store(true);
+        group.add(std::move(callable), {.context = ctx});
         REQUIRE(eventually([&] { return report->destroyed_on.load() != std::thread::id{}; }));
         REQUIRE(canceled_on.load() != std::thread::id{});
         REQUIRE(canceled_on.load() != std::this_thread::get_id());  // the deadline fired on the timer thread
