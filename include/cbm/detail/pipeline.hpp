@@ -28,6 +28,7 @@
 #include "node.hpp"
 #include "resilience_steps.hpp"
 #include "typed_node.hpp"
+#include "unregister.hpp"
 
 namespace cbm::detail {
 
@@ -100,6 +101,10 @@ Outcome run_pipeline(Node<Signature>& node, const PipelineContext& p, A&... args
     if (!passes_filter(node, p, outcome, args...)) return outcome;
     if (!claims_once(node)) return Outcome::skipped;  // another thread claimed it
     const bool once = node.is_once();
+    // A claimed `once` callback is unregistered: it leaves its list before it
+    // runs, so size(), clear() and erase() see it as removed (and the latter
+    // wait for it) while it runs.
+    if (once) detach(&node);
     outcome = once ? Outcome::invoked_once : Outcome::invoked;
     std::uint32_t attempts = 1;
     bool circuit_open = false;

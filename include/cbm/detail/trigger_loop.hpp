@@ -122,12 +122,12 @@ TriggerResult trigger_list_in(TriggerScope& scope, CallbackList& list, GroupStat
         }
         scope.withdraw<Mode>();
         if ((node.state.load(std::memory_order_relaxed) & kWaiter) != 0) notify_waiters(node);
-        if (outcome != Outcome::invoked) [[unlikely]] {
-            if (outcome == Outcome::invoked_once || outcome == Outcome::stop_once) detach(&node);
-            if (stops_trigger(outcome)) {
-                ++slot;
-                break;
-            }
+        if (stops_trigger(outcome)) [[unlikely]] {
+            // Stopped by the policy: reported whether or not callbacks remain
+            // (the array's tail may hold only tombstones, which are invisible).
+            result.stopped = true;
+            ++slot;
+            break;
         }
     }
     if (slot != end) {  // stopped by the policy or the stop condition
