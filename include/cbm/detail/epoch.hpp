@@ -1,19 +1,39 @@
-// cbm/detail/epoch.hpp - epoch-based reclamation of memory that readers
-// (triggers) may still be traversing: callback arrays, detached nodes, the
-// registry's table, links and entries.
+// cbm/detail/epoch.hpp - reclamation of memory that readers (triggers) may
+// still be traversing: callback arrays, detached nodes, the registry's table,
+// links and entries, and the user's callables of removed callbacks.
 //
-// A writer unlinks an object, then retires it with the global epoch stamped
-// on it; the object is reclaimed once every thread inside a trigger entered
-// its outermost trigger at a later epoch (thread_records.hpp publishes each
-// thread's epoch). Memory ordering: retire() stamps with a seq_cst RMW of the
-// global epoch, so the unlink happens-before every later advance; a
-// reclamation advances the epoch, runs writer_barrier() and only then reads
-// the readers' epochs (acquire): a reader that could still hold the object
-// shows an epoch at or below its stamp.
+// Each group (or registry) has its own RetireList, and reclamation is scoped
+// to it: only threads inside a trigger of that group hold its memory back.
+// Two rules, one per kind of object:
+//   * epoch-retired (arrays, nodes, table parts): a writer unlinks the
+//     object, then retires it with the global epoch stamped on it; it is
+//     reclaimed once every trigger level inside this group entered at a later
+//     epoch (thread_records.hpp publishes each level's epoch and domain).
+//   * hazard-retired (a removed callback's callable and filter): reclaimed
+//     once no thread has the callback's node announced, whatever else it is
+//     inside. A trigger announces a node before it reads the node's state,
+//     and the node was marked unregistered before its callable was retired,
+//     so a trigger the scan misses reads "unregistered" and never touches the
+//     callable. This is what lets a thread parked inside one callback leave
+//     every other removed callable of the same group free to go.
+//
+// Memory ordering: retire() stamps with a seq_cst RMW of the global epoch, so
+// the unlink happens-before every later advance; a reclamation advances the
+// epoch, runs writer_barrier() and only then reads the levels (acquire): a
+// level that could still hold an epoch-retired object shows an epoch at or
+// below its stamp, and a thread that could still run a hazard-retired
+// callable shows its node announced.
+//
+// A registry entry is also retired "after older hazards": it is reclaimed
+// only once every callable retired before it is, since clear() and erase()
+// read the entry a detached node came from for as long as the node's
+// callable is still retired (key_table.hpp, was_in).
 #pragma once
 
 #include <cstddef>
 #include <cstdint>
+#include <limits>
+#include <vector>
 
 #include "non_copyable.hpp"
 #include "thread_records.hpp"
@@ -22,8 +42,11 @@ namespace cbm::detail {
 
 struct Retirable {
     Retirable* retire_next = nullptr;
-    std::uint64_t retire_stamp = 0;
+    std::uint64_t retire_stamp = 0;   // epoch-retired: the global epoch at retirement
+    std::uint64_t retire_order = 0;   // position among its list's retirements
     void (*reclaim)(Retirable*) noexcept = nullptr;
+    const void* hazard = nullptr;     // hazard-retired: the node whose announcement keeps it
+    bool after_older_hazards = false; // see the top of the file
 };
 
 // Objects that no reader can reach any more, to be reclaimed with no lock
@@ -60,97 +83,203 @@ private:
     Retirable* tail_ = nullptr;
 };
 
-// A FIFO of retired objects. Guarded by its owner's mutex.
+// Whether an epoch-retired object must wait for the hazard-retired objects
+// retired before it.
+enum class RetireAfter : bool { epoch, epoch_and_older_hazards };
+
+// The retired objects of one domain (a group or a registry), oldest first,
+// in two queues: epoch-retired and hazard-retired. Guarded by its owner's
+// mutex.
 class RetireList : NonCopyable {
 public:
+    // `domain`: the pointer triggers of the owner publish (TriggerScope).
+    explicit RetireList(const void* domain) noexcept : domain_(domain) {}
     ~RetireList() {
         ReclaimBatch batch;
         batch.append(take_all());
     }
 
     // `object` must already be unreachable for readers that start from now on.
-    void retire(Retirable* object, void (*reclaim)(Retirable*) noexcept) noexcept {
+    void retire(Retirable* object, void (*reclaim)(Retirable*) noexcept,
+                RetireAfter after = RetireAfter::epoch) noexcept {
         // An RMW (not a load) so that the unlink happens-before every later
         // epoch advance, and so before every reader that sees a later epoch.
         object->retire_stamp = g_records.epoch.fetch_add(0, std::memory_order_seq_cst);
-        object->reclaim = reclaim;
-        object->retire_next = nullptr;
-        if (tail_ != nullptr) {
-            tail_->retire_next = object;
-        } else {
-            head_ = object;
-        }
-        tail_ = object;
-        ++count_;
+        object->hazard = nullptr;
+        object->after_older_hazards = after == RetireAfter::epoch_and_older_hazards;
+        epoch_retired_.push(object, reclaim, next_order_++);
+        ++epoch_count_;
     }
 
-    std::size_t size() const noexcept { return count_; }
+    // `object` is reclaimed once no trigger level announces `hazard` (a node
+    // already marked unregistered).
+    void retire_until_unannounced(Retirable* object, void (*reclaim)(Retirable*) noexcept,
+                                  const void* hazard) noexcept {
+        object->retire_stamp = 0;
+        object->hazard = hazard;
+        object->after_older_hazards = false;
+        hazard_retired_.push(object, reclaim, next_order_++);
+        ++hazard_count_;
+    }
 
-    // Every object retired and not yet reclaimed, oldest first.
+    std::size_t size() const noexcept { return epoch_count_ + hazard_count_; }
+
+    // Every object retired and not yet reclaimed.
     template <class Visit>
     void for_each(Visit&& visit) const {
-        for (Retirable* r = head_; r != nullptr; r = r->retire_next) visit(r);
+        for (Retirable* r = hazard_retired_.head; r != nullptr; r = r->retire_next) visit(r);
+        for (Retirable* r = epoch_retired_.head; r != nullptr; r = r->retire_next) visit(r);
     }
 
     // Moves what no reader can reach into `batch`: everything at once when no
-    // other thread holds a record and the caller is outside any trigger (no
-    // barrier needed; see writer_barrier()), otherwise in batches, once enough
-    // has piled up to be worth a heavy barrier. Call once the operation that
-    // retired is done.
+    // other thread holds a record and the caller is not inside a trigger of
+    // this domain (no barrier needed; see writer_barrier()), otherwise in
+    // batches, once enough has piled up to be worth a heavy barrier. Call once
+    // the operation that retired is done.
     void maybe_reclaim(ReclaimBatch& batch) noexcept {
-        if (head_ == nullptr) return;
+        if (size() == 0) return;
         full_fence();
-        ThreadRecord* self = t_record;
-        const std::uint32_t mine = self != nullptr ? 1u : 0u;
-        if (g_records.live.load(std::memory_order_seq_cst) <= mine &&
-            (self == nullptr || self->epoch.load(std::memory_order_relaxed) == 0)) {
+        const std::uint32_t mine = t_record != nullptr ? 1u : 0u;
+        if (g_records.live.load(std::memory_order_seq_cst) <= mine && !self_inside_domain(domain_)) {
             batch.append(take_all());
-        } else if (count_ >= threshold_) {
+        } else if (epoch_count_ >= threshold_ || hazard_count_ >= hazard_threshold_) {
             reclaim_unreachable(batch);
         }
     }
 
     void reclaim_unreachable(ReclaimBatch& batch) noexcept {
-        if (head_ == nullptr) return;
+        if (size() == 0) return;
         g_records.epoch.fetch_add(1, std::memory_order_seq_cst);
         writer_barrier();
-        const std::uint64_t oldest_reader = min_active_epoch();
         Retirable* chain = nullptr;
         Retirable** chain_tail = &chain;
-        while (head_ != nullptr && head_->retire_stamp < oldest_reader) {
-            Retirable* object = pop();
+        auto move_to_chain = [&](Retirable* object) {
+            object->retire_next = nullptr;
             *chain_tail = object;
             chain_tail = &object->retire_next;
+        };
+        if (hazard_retired_.head != nullptr) {
+            try {
+                const std::vector<const void*> announced = announced_nodes();
+                hazard_count_ -= hazard_retired_.remove_if(
+                    [&](Retirable* r) {
+                        for (const void* a : announced) {
+                            if (a == r->hazard) return false;
+                        }
+                        return true;
+                    },
+                    move_to_chain);
+            } catch (...) {
+                // Out of memory: the callables wait for the next pass.
+            }
+        }
+        const std::uint64_t oldest_reader = min_epoch_inside(domain_);
+        const std::uint64_t oldest_hazard = hazard_retired_.head != nullptr
+                                                ? hazard_retired_.head->retire_order
+                                                : std::numeric_limits<std::uint64_t>::max();
+        while (Retirable* head = epoch_retired_.head) {
+            if (head->retire_stamp >= oldest_reader) break;
+            if (head->after_older_hazards && oldest_hazard < head->retire_order) break;
+            move_to_chain(epoch_retired_.pop());
+            --epoch_count_;
         }
         batch.append(chain);
-        threshold_ = count_ * 2 > kMinThreshold ? count_ * 2 : kMinThreshold;
+        // Whatever is still held back raises the bar for the next pass, so
+        // the passes (one heavy barrier each) stay amortized O(1) per retire.
+        threshold_ = epoch_count_ * 2 > kMinThreshold ? epoch_count_ * 2 : kMinThreshold;
+        hazard_threshold_ = hazard_count_ * 2 > kMinThreshold ? hazard_count_ * 2 : kMinThreshold;
     }
 
     // Only when no reader can hold anything retired here (the domain is dead
     // and no trigger is inside it): everything, for the caller to reclaim.
     Retirable* take_all() noexcept {
-        Retirable* chain = head_;
-        head_ = tail_ = nullptr;
-        count_ = 0;
+        Retirable* chain = hazard_retired_.head;
+        if (chain != nullptr) {
+            hazard_retired_.tail->retire_next = epoch_retired_.head;
+        } else {
+            chain = epoch_retired_.head;
+        }
+        hazard_retired_ = Fifo{};
+        epoch_retired_ = Fifo{};
+        epoch_count_ = hazard_count_ = 0;
         return chain;
     }
 
 private:
     static constexpr std::size_t kMinThreshold = 64;
 
-    Retirable* pop() noexcept {
-        Retirable* object = head_;
-        head_ = object->retire_next;
-        if (head_ == nullptr) tail_ = nullptr;
-        object->retire_next = nullptr;
-        --count_;
-        return object;
+    struct Fifo {
+        Retirable* head = nullptr;
+        Retirable* tail = nullptr;
+
+        void push(Retirable* object, void (*reclaim)(Retirable*) noexcept, std::uint64_t order) noexcept {
+            object->reclaim = reclaim;
+            object->retire_order = order;
+            object->retire_next = nullptr;
+            if (tail != nullptr) {
+                tail->retire_next = object;
+            } else {
+                head = object;
+            }
+            tail = object;
+        }
+        Retirable* pop() noexcept {
+            Retirable* object = head;
+            head = object->retire_next;
+            if (head == nullptr) tail = nullptr;
+            object->retire_next = nullptr;
+            return object;
+        }
+        // Unlinks every object `pred` accepts, in order, handing each to
+        // `take`; returns how many.
+        template <class Pred, class Take>
+        std::size_t remove_if(Pred&& pred, Take&& take) {
+            std::size_t removed = 0;
+            Retirable* kept_tail = nullptr;
+            Retirable* r = head;
+            head = nullptr;
+            while (r != nullptr) {
+                Retirable* next = r->retire_next;
+                if (pred(r)) {
+                    take(r);
+                    ++removed;
+                } else {
+                    r->retire_next = nullptr;
+                    if (kept_tail != nullptr) {
+                        kept_tail->retire_next = r;
+                    } else {
+                        head = r;
+                    }
+                    kept_tail = r;
+                }
+                r = next;
+            }
+            tail = kept_tail;
+            return removed;
+        }
+    };
+
+    // Every node some trigger level announces right now (acquire loads).
+    // Throws: std::bad_alloc.
+    static std::vector<const void*> announced_nodes() {
+        std::vector<const void*> nodes;
+        any_record(true, [&](ThreadRecord& r) {
+            for_each_level(r, [&](TriggerLevel& l) {
+                if (const void* n = l.node.load(std::memory_order_acquire)) nodes.push_back(n);
+            });
+            return false;
+        });
+        return nodes;
     }
 
-    Retirable* head_ = nullptr;
-    Retirable* tail_ = nullptr;
-    std::size_t count_ = 0;
-    std::size_t threshold_ = kMinThreshold;
+    const void* const domain_;
+    Fifo epoch_retired_;
+    Fifo hazard_retired_;
+    std::size_t epoch_count_ = 0;
+    std::size_t hazard_count_ = 0;
+    std::uint64_t next_order_ = 0;
+    std::size_t threshold_ = kMinThreshold;         // epoch-retired objects that start a pass
+    std::size_t hazard_threshold_ = kMinThreshold;  // hazard-retired objects that start a pass
 };
 
 }  // namespace cbm::detail

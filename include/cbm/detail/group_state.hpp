@@ -36,7 +36,7 @@ struct GroupState {
     std::mutex mutex;                         // the writer lock: add, unregister, clear, erase
     std::atomic<std::uint32_t> refs{1};
     bool alive = true;                        // under mutex; false once the owner started destruction
-    RetireList retired;                       // under mutex
+    RetireList retired{this};                 // under mutex; `this` is the domain triggers publish
     const ErrorPolicy policy;
     const bool metrics;                       // nodes get CallbackStats
     const std::uint32_t latency_sample_every; // time one invocation in this many, per thread

@@ -106,7 +106,7 @@ public:
     // Under the mutex: true when `node`, detached and with its target hook
     // still retired, was detached from an entry of `key`. That entry is then
     // still allocated: it was retired after the node's hook (on_emptied runs
-    // after the last remove), and retired objects are reclaimed in order.
+    // after the last remove), and entries wait for older hooks (epoch.hpp).
     template <class K>
     bool was_in(const NodeBase& node, const K& key, std::size_t h) const {
         const auto* e = static_cast<const Entry*>(node.former_list);
@@ -133,7 +133,7 @@ public:
         if (l == nullptr) return;
         link_to->store(l->next.load(std::memory_order_relaxed), std::memory_order_release);
         group_.retired.retire(l, &reclaim_link);
-        group_.retired.retire(entry, &reclaim_entry);
+        group_.retired.retire(entry, &reclaim_entry, RetireAfter::epoch_and_older_hazards);
         key_count_.store(key_count() - 1, std::memory_order_relaxed);
         const std::size_t buckets = table->bucket_count();
         if (group_.alive && buckets > kMinBuckets && key_count() < buckets / 8) {
@@ -180,7 +180,7 @@ public:
         for (std::size_t i = 0; i < old->bucket_count(); ++i) {
             for (Link* l = old->buckets[i].load(std::memory_order_relaxed); l != nullptr;
                  l = l->next.load(std::memory_order_relaxed)) {
-                group_.retired.retire(l->entry, &reclaim_entry);
+                group_.retired.retire(l->entry, &reclaim_entry, RetireAfter::epoch_and_older_hazards);
             }
         }
         group_.retired.retire(old, &Table::reclaim);

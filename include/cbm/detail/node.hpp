@@ -48,8 +48,8 @@ struct NodeRetireHook : Retirable {
 inline constexpr std::size_t kCallableBytes = 5 * sizeof(void*);
 
 // Two hooks per node, two lifetimes: `target_hook` is retired when the node
-// is detached and destroys the user's callable once no trigger can still be
-// running it; `retire_hook` is retired when the last array holding the node
+// is detached and destroys the user's callable once no trigger announces the
+// node (epoch.hpp: hazard-retired); `retire_hook` is retired when the last array holding the node
 // is dropped and drops the list's reference to the node. Each holds a
 // reference, so either may be reclaimed first.
 //
@@ -115,11 +115,12 @@ inline void reclaim_hooked_node(Retirable* r) noexcept {
     node->release_ref();
 }
 
-// Retires the user's callable of a node just detached (reclaimed once no
-// trigger can still be running it).
+// Retires the user's callable of a node just detached and marked
+// unregistered: reclaimed once no trigger announces the node, that is once
+// no trigger can still be filtering or running it.
 inline void retire_target(NodeBase* n, RetireList& retired) noexcept {
     n->add_ref();
-    retired.retire(&n->target_hook, &reclaim_hooked_node);
+    retired.retire_until_unannounced(&n->target_hook, &reclaim_hooked_node, static_cast<const void*>(n));
 }
 
 // Retires the list's reference to a node that the last array holding it

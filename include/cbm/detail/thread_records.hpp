@@ -2,18 +2,20 @@
 //
 // Every thread that triggers a group or reads a Snapshot owns one
 // ThreadRecord. Records live in a global, append-only list and are never
-// freed (a thread that exits hands its record to the next thread), so a
-// writer can scan them at any time without further protection.
+// freed: a thread that exits hands its record back (in_use = false) and the
+// next new thread takes it, so the list is as long as the most threads that
+// ever held records at once, and a writer can scan it at any time without
+// further protection. Scans skip records not in use.
 //
-// A record publishes four things, each written only by its owner:
-//   * epoch: the global epoch seen when the owner entered its outermost
-//     trigger, or 0 outside triggers. Epoch-based reclamation: memory that
-//     was unlinked while the global epoch was s is freed only when every
-//     record's epoch is 0 or greater than s.
+// A record publishes, each written only by its owner:
 //   * one TriggerLevel per nesting depth of trigger(): the domain (group or
-//     registry) being triggered and the callback node being filtered or run.
-//     unregister() waits while another record names its node; a group's
-//     destructor waits while another record names its domain.
+//     registry) being triggered, the global epoch seen when the level was
+//     entered, and the callback node being filtered or run. unregister()
+//     waits while another record names its node; a group's destructor waits
+//     while another record names its domain. Epoch-based reclamation is per
+//     domain: memory a domain unlinked while the global epoch was s is freed
+//     only when every level inside that domain entered at an epoch above s
+//     (a thread parked in one group holds back nothing of the others).
 //   * hazard slots for Snapshot read handles.
 //   * waiting_for: the node whose invocations the owner waits for in a
 //     blocking unregister/clear/erase while it is itself inside a trigger, so
@@ -25,23 +27,48 @@
 //   reads the shared state they protect; writers change that shared state,
 //   then call writer_barrier() (heavy_barrier() unless no other thread holds
 //   a record), then scan with acquire loads. See barrier.hpp. Owners clear a
-//   level, an epoch or a slot with a release store, so a writer whose acquire
-//   scan sees the clear also sees every access the owner made before it.
+//   level or a slot with a release store, so a writer whose acquire scan sees
+//   the clear also sees every access the owner made before it.
+//
+//   A level's epoch is stored before its domain, and a level's epochs only
+//   grow: a scan that pairs a domain with an epoch of an earlier use of the
+//   level sees a smaller epoch (conservative), never a larger one while the
+//   level is still inside that domain.
+//
+//   Skipping records not in use is safe for the same reason reading a level
+//   is: a thread takes a record (in_use, acq_rel CAS) before its first
+//   announcement, so a writer that, after its barrier, still sees the record
+//   free is one whose changes that thread's later reads see.
 //
 //   The "no other thread holds a record" shortcut: a thread takes a record
 //   with a seq_cst RMW on g_records.live before its first light_barrier();
 //   writers run a seq_cst fence before loading live. Either the writer's fence
 //   is first (the new reader then sees the writer's changes) or the writer's
 //   load sees the reader counted (and the writer runs the heavy barrier).
+//
+// Thread exit: a record goes back to the pool from a POSIX thread-specific
+// destructor, which glibc runs after every C++ thread_local destructor of
+// the thread, so a thread_local whose destructor triggers or loads a Snapshot
+// still uses (and does not leak) the thread's record. If a later
+// thread-specific destructor takes a record again, the key is set again and
+// the C library calls the release once more.
 #pragma once
 
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
+#include <new>
 #include <vector>
 
 #include "barrier.hpp"
+
+#if __has_include(<pthread.h>)
+#include <pthread.h>
+#define CBM_DETAIL_HAVE_PTHREAD_KEYS 1
+#else
+#define CBM_DETAIL_HAVE_PTHREAD_KEYS 0
+#endif
 
 namespace cbm::detail {
 
@@ -50,6 +77,7 @@ inline constexpr std::size_t kSlotsPerChunk = 8;
 
 struct TriggerLevel {
     std::atomic<const void*> domain{nullptr};  // group or registry triggered at this depth
+    std::atomic<std::uint64_t> epoch{0};       // the global epoch when this level was entered
     std::atomic<const void*> node{nullptr};    // callback being filtered or run at this depth
 };
 
@@ -73,7 +101,6 @@ struct Deferred {
 };
 
 struct alignas(64) ThreadRecord {
-    std::atomic<std::uint64_t> epoch{0};  // written by the owner
     std::uint32_t depth = 0;              // owner only: current trigger nesting
     std::uint32_t index = 0;              // immutable: unique among records, so among live threads
     std::atomic<bool> in_use{false};
@@ -122,20 +149,50 @@ inline bool defer_until_outside_triggers(void (*run)(void*) noexcept, void* cont
 }
 
 
+// Gives the calling thread's record back to the pool (it must be outside
+// every trigger and hold no Snapshot handle).
+inline void release_record(ThreadRecord* record) noexcept {
+    if (t_record == record) t_record = nullptr;
+    record->in_use.store(false, std::memory_order_release);
+    g_records.live.fetch_sub(1, std::memory_order_seq_cst);
+}
+
+#if CBM_DETAIL_HAVE_PTHREAD_KEYS
+inline void release_record_at_thread_exit(void* record) noexcept { release_record(static_cast<ThreadRecord*>(record)); }
+
+// The key whose destructor releases a thread's record. Created once; never
+// deleted (records may be released until the process ends).
+inline pthread_key_t record_key() {
+    static const pthread_key_t key = [] {
+        pthread_key_t k{};
+        if (pthread_key_create(&k, &release_record_at_thread_exit) != 0) throw std::bad_alloc();
+        return k;
+    }();
+    return key;
+}
+
+inline void release_at_thread_exit(ThreadRecord* record) {
+    if (pthread_setspecific(record_key(), record) != 0) throw std::bad_alloc();
+}
+#else
 struct RecordReleaser {
     ThreadRecord* record = nullptr;
     RecordReleaser() = default;
     RecordReleaser(const RecordReleaser&) = delete;
     RecordReleaser& operator=(const RecordReleaser&) = delete;
     ~RecordReleaser() {
-        if (record == nullptr) return;
-        t_record = nullptr;
-        record->in_use.store(false, std::memory_order_release);
-        g_records.live.fetch_sub(1, std::memory_order_seq_cst);
+        if (record != nullptr) release_record(record);
     }
 };
 
+inline void release_at_thread_exit(ThreadRecord* record) {
+    static thread_local RecordReleaser releaser;
+    releaser.record = record;
+}
+#endif
+
 // Slow path of current_record(): reuse a released record or append a new one.
+// Throws: std::bad_alloc, holding no record then.
 inline ThreadRecord* acquire_record() {
     ensure_barrier_mode();
     ThreadRecord* found = nullptr;
@@ -157,8 +214,12 @@ inline ThreadRecord* acquire_record() {
         } while (!g_records.head.compare_exchange_weak(head, found, std::memory_order_acq_rel));
     }
     g_records.live.fetch_add(1, std::memory_order_seq_cst);
-    static thread_local RecordReleaser releaser;
-    releaser.record = found;
+    try {
+        release_at_thread_exit(found);
+    } catch (...) {
+        release_record(found);
+        throw;
+    }
     t_record = found;
     return found;
 }
@@ -186,7 +247,7 @@ template <class Pred>
 bool any_record(bool include_self, Pred&& pred) {
     ThreadRecord* self = t_record;
     for (ThreadRecord* r = g_records.head.load(std::memory_order_acquire); r; r = r->next_record) {
-        if (r == self && !include_self) continue;
+        if (r == self ? !include_self : !r->in_use.load(std::memory_order_acquire)) continue;
         if (pred(*r)) return true;
     }
     return false;
@@ -240,13 +301,24 @@ inline bool slot_holds(const void* value) {
     });
 }
 
-// Smallest epoch announced by a thread inside a trigger (the caller's own
-// record included), or the maximum value if none is.
-inline std::uint64_t min_active_epoch() {
+// True when the calling thread is inside a trigger of `domain` at some depth.
+inline bool self_inside_domain(const void* domain) noexcept {
+    ThreadRecord* self = t_record;
+    if (self == nullptr || self->depth == 0) return false;
+    bool hit = false;
+    for_each_level(*self, [&](TriggerLevel& l) { hit = hit || l.domain.load(std::memory_order_relaxed) == domain; });
+    return hit;
+}
+
+// Smallest epoch at which a level still inside `domain` entered it (the
+// caller's own levels included), or the maximum value if none is inside.
+inline std::uint64_t min_epoch_inside(const void* domain) {
     std::uint64_t result = std::numeric_limits<std::uint64_t>::max();
     any_record(true, [&](ThreadRecord& r) {
-        const std::uint64_t e = r.epoch.load(std::memory_order_acquire);
-        if (e != 0 && e < result) result = e;
+        for_each_level(r, [&](TriggerLevel& l) {
+            const std::uint64_t e = l.epoch.load(std::memory_order_acquire);
+            if (l.domain.load(std::memory_order_acquire) == domain && e < result) result = e;
+        });
         return false;
     });
     return result;
@@ -262,10 +334,7 @@ public:
         depth_ = record_->depth;
         level_ = depth_ < kLevelsPerChunk ? &record_->levels.levels[depth_] : deep_level(depth_);
         record_->depth = depth_ + 1;
-        if (depth_ == 0) {
-            record_->epoch.store(g_records.epoch.load(std::memory_order_acquire),
-                                 std::memory_order_relaxed);
-        }
+        level_->epoch.store(g_records.epoch.load(std::memory_order_acquire), std::memory_order_relaxed);
         level_->domain.store(domain, std::memory_order_relaxed);
         light_barrier(mode_);
     }
@@ -274,10 +343,7 @@ public:
     [[gnu::always_inline]] ~TriggerScope() {
         level_->domain.store(nullptr, std::memory_order_release);
         record_->depth = depth_;
-        if (depth_ == 0) {
-            record_->epoch.store(0, std::memory_order_release);
-            if (!record_->deferred.empty()) [[unlikely]] record_->run_deferred();
-        }
+        if (depth_ == 0 && !record_->deferred.empty()) [[unlikely]] record_->run_deferred();
     }
 
     BarrierMode mode() const noexcept { return mode_; }

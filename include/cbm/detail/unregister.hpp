@@ -43,7 +43,7 @@ inline void reclaim_deferred(void* context) noexcept {
 }
 
 // After retiring into `group`: reclaim now (the caller's batch), or, when
-// the caller is inside a trigger (whose epoch holds everything back), again
+// the caller is inside a trigger (which may hold some of it back), again
 // as soon as it leaves its outermost trigger. Under the group mutex.
 inline void reclaim_soon(GroupState& group, ReclaimBatch& batch) noexcept {
     ThreadRecord* self = t_record;
