@@ -122,7 +122,8 @@ TriggerResult trigger_list_in(TriggerScope& scope, CallbackList& list, GroupStat
         }
         scope.withdraw<Mode>();
         if ((node.state.load(std::memory_order_relaxed) & kWaiter) != 0) notify_waiters(node);
-        if (stops_trigger(outcome)) [[unlikely]] {
+        // One compare in the common case: only a non-plain outcome can stop.
+        if (outcome != Outcome::invoked && stops_trigger(outcome)) [[unlikely]] {
             // Stopped by the policy: reported whether or not callbacks remain
             // (the array's tail may hold only tombstones, which are invisible).
             result.stopped = true;
