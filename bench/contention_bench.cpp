@@ -52,8 +52,10 @@ void floor_without_churn(benchmark::State& state) {
     for (auto _ : state) floor.emit(x);
 }
 
-// Latency of add + blocking unregister while another thread triggers the
-// same group in a loop: p50, p99 and max over the iterations.
+// Latency of add + unregister (blocking, or unregister_nowait) while another
+// thread triggers the same group in a loop: p50, p99 and max of the pair
+// over the iterations.
+template <bool Blocking>
 void cbm_unregister_latency(benchmark::State& state) {
     cbm::CallbackGroup<void(int)> group;
     for (int i = 0; i < kCallbacks; ++i) group.add(kBody);
@@ -65,9 +67,13 @@ void cbm_unregister_latency(benchmark::State& state) {
     std::vector<double> samples;
     samples.reserve(1 << 16);
     for (auto _ : state) {
-        auto r = group.add(kBody);
         const auto start = std::chrono::steady_clock::now();
-        r.unregister();
+        auto r = group.add(kBody);
+        if constexpr (Blocking) {
+            r.unregister();
+        } else {
+            r.unregister_nowait();
+        }
         const auto stop_time = std::chrono::steady_clock::now();
         samples.push_back(std::chrono::duration<double, std::nano>(stop_time - start).count());
     }
@@ -91,7 +97,11 @@ int main(int argc, char** argv) {
 #else
     cbm_bench::note_missing("Boost.Signals2", "libboost-dev");
 #endif
-    benchmark::RegisterBenchmark("unregister_latency/cbm_group_while_triggering", &cbm_unregister_latency)
+    benchmark::RegisterBenchmark("unregister_latency/cbm_group_while_triggering", &cbm_unregister_latency<true>)
+        ->UseRealTime()
+        ->Iterations(20000);
+    benchmark::RegisterBenchmark("unregister_latency/cbm_group_nowait_while_triggering",
+                                 &cbm_unregister_latency<false>)
         ->UseRealTime()
         ->Iterations(20000);
     benchmark::Initialize(&argc, argv);

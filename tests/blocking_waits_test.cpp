@@ -12,6 +12,7 @@
 
 #include <atomic>
 #include <latch>
+#include <memory>
 #include <string>
 #include <thread>
 
@@ -325,4 +326,58 @@ TEST_CASE("erase() of another key does not wait for a callback removed from this
     REQUIRE_FALSE(blocking.finished());
     blocking.release();
     callback_thread.join();
+}
+
+TEST_CASE("a blocking unregister in a group other threads keep triggering returns only once the callback runs "
+          "nowhere, and destroys it (the write-heavy mode)",
+          "[blocking][race][lifetime]") {
+    const Watchdog watchdog("write-heavy mode");
+    CallbackGroup<void()> group;
+    for (int i = 0; i < 8; ++i) group.add([] {});
+    std::atomic<bool> stop{false};
+    std::atomic<long> emits{0};
+    auto emitter = [&] {
+        while (!stop.load(std::memory_order_relaxed)) {
+            group.trigger();
+            emits.fetch_add(1, std::memory_order_relaxed);
+        }
+    };
+    std::thread first(emitter);
+    std::thread second(emitter);
+    cbm_test::Counter counter;
+    std::atomic<int> late_runs{0};
+    const std::uint64_t fast_before = cbm::detail::t_fast_settles;
+    constexpr int kPairs = 20'000;
+    for (int i = 0; i < kPairs; ++i) {
+        // `removed` outlives the loop iteration only through the callable,
+        // which must be gone by the time unregister() returns.
+        auto removed = std::make_shared<std::atomic<bool>>(false);
+        std::atomic<int> inside{0};
+        auto registration = group.add([&inside, &late_runs, removed, tracked = cbm_test::Tracked(counter)] {
+            inside.fetch_add(1);
+            if (removed->load()) late_runs.fetch_add(1);
+            for (int spin = 0; spin < 50; ++spin) cbm::detail::cpu_relax();
+            inside.fetch_sub(1);
+        });
+        if (i % 2 == 0) {
+            // Let the emitters reach it at least once.
+            const long seen = emits.load();
+            cbm_test::eventually([&] { return emits.load() > seen + 2; });
+        }
+        registration.unregister();
+        removed->store(true);
+        REQUIRE(inside.load() == 0);
+        REQUIRE(counter.alive() == 0);
+    }
+    stop.store(true);
+    first.join();
+    second.join();
+    CHECK(late_runs.load() == 0);
+    CHECK(counter.errors.load() == 0);
+#if CBM_DETAIL_HAVE_MEMBARRIER
+    if (cbm::detail::g_barrier_mode.load() == cbm::detail::BarrierMode::membarrier) {
+        CHECK(cbm::detail::t_fast_settles > fast_before);
+    }
+#endif
+    (void)fast_before;
 }

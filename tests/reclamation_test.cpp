@@ -195,3 +195,20 @@ TEST_CASE("threads whose thread_local destructors trigger or load a Snapshot lea
     CHECK(cbm::detail::g_records.created.load() - created_before <= 2);
     CHECK(cbm::detail::g_records.live.load() == live_before);
 }
+
+TEST_CASE("a Snapshot value stays pinned by a read handle whose loading thread has exited", "[reclamation][race]") {
+    const Watchdog watchdog("moved read handle");
+    Counter counter;
+    {
+        cbm::Snapshot<Tracked> snapshot{Tracked(counter)};
+        cbm::Snapshot<Tracked>::ReadHandle handle;
+        // The loading thread exits, so its record goes back to the pool with
+        // the slot that pins the value still set.
+        std::thread([&] { handle = snapshot.load(); }).join();
+        snapshot.store(Tracked(counter));
+        CHECK(counter.alive() == 2);  // the value the handle pins, and the current one
+        CHECK(handle->alive());
+    }
+    CHECK(counter.alive() == 0);
+    CHECK(counter.errors.load() == 0);
+}

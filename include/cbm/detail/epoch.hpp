@@ -30,6 +30,7 @@
 // callable is still retired (key_table.hpp, was_in).
 #pragma once
 
+#include <atomic>
 #include <cstddef>
 #include <cstdint>
 #include <limits>
@@ -46,6 +47,7 @@ struct Retirable {
     std::uint64_t retire_order = 0;   // position among its list's retirements
     void (*reclaim)(Retirable*) noexcept = nullptr;
     const void* hazard = nullptr;     // hazard-retired: the node whose announcement keeps it
+    const std::atomic<bool>* harmless = nullptr;  // hazard-retired: set once reclaiming needs no scan
     bool after_older_hazards = false; // see the top of the file
 };
 
@@ -93,7 +95,12 @@ enum class RetireAfter : bool { epoch, epoch_and_older_hazards };
 class RetireList : NonCopyable {
 public:
     // `domain`: the pointer triggers of the owner publish (TriggerScope).
-    explicit RetireList(const void* domain) noexcept : domain_(domain) {}
+    // `fast_writes`, `fast_writers`: the owner's write-heavy mode
+    // (unregister.hpp): while it is on, a pass settles with a fence instead
+    // of a heavy barrier.
+    RetireList(const void* domain, const std::atomic<bool>* fast_writes,
+               std::atomic<std::uint32_t>* fast_writers) noexcept
+        : domain_(domain), fast_writes_(fast_writes), fast_writers_(fast_writers) {}
     ~RetireList() {
         ReclaimBatch batch;
         batch.append(take_all());
@@ -112,11 +119,12 @@ public:
     }
 
     // `object` is reclaimed once no trigger level announces `hazard` (a node
-    // already marked unregistered).
-    void retire_until_unannounced(Retirable* object, void (*reclaim)(Retirable*) noexcept,
-                                  const void* hazard) noexcept {
+    // already marked unregistered), or any time once `*harmless` is true.
+    void retire_until_unannounced(Retirable* object, void (*reclaim)(Retirable*) noexcept, const void* hazard,
+                                  const std::atomic<bool>* harmless) noexcept {
         object->retire_stamp = 0;
         object->hazard = hazard;
+        object->harmless = harmless;
         object->after_older_hazards = false;
         hazard_retired_.push(object, reclaim, next_order_++);
         ++hazard_count_;
@@ -149,8 +157,24 @@ public:
 
     void reclaim_unreachable(ReclaimBatch& batch) noexcept {
         if (size() == 0) return;
+        // In the write-heavy mode every trigger of the domain that this
+        // pass's scan does not see fenced after publishing its level, so a
+        // fence suffices for epoch-retired objects; a hazard is then only
+        // proven unannounced when no level at all is seen inside the domain.
+        bool fast = false;
+        if (fast_writes_ != nullptr && g_barrier_mode.load(std::memory_order_relaxed) == BarrierMode::membarrier &&
+            fast_writes_->load(std::memory_order_acquire)) {
+            fast_writers_->fetch_add(1, std::memory_order_seq_cst);
+            fast = fast_writes_->load(std::memory_order_seq_cst);
+            if (!fast) fast_writers_->fetch_sub(1, std::memory_order_release);
+        }
         g_records.epoch.fetch_add(1, std::memory_order_seq_cst);
-        writer_barrier();
+        if (fast) {
+            full_fence();
+        } else {
+            writer_barrier();
+        }
+        const bool hazards_provable = !fast || !domain_entered_elsewhere(domain_);
         Retirable* chain = nullptr;
         Retirable** chain_tail = &chain;
         auto move_to_chain = [&](Retirable* object) {
@@ -163,6 +187,8 @@ public:
                 const std::vector<const void*> announced = announced_nodes();
                 hazard_count_ -= hazard_retired_.remove_if(
                     [&](Retirable* r) {
+                        if (r->harmless != nullptr && r->harmless->load(std::memory_order_acquire)) return true;
+                        if (!hazards_provable) return false;
                         for (const void* a : announced) {
                             if (a == r->hazard) return false;
                         }
@@ -183,6 +209,7 @@ public:
             move_to_chain(epoch_retired_.pop());
             --epoch_count_;
         }
+        if (fast) fast_writers_->fetch_sub(1, std::memory_order_release);
         batch.append(chain);
         // Whatever is still held back raises the bar for the next pass, so
         // the passes (one heavy barrier each) stay amortized O(1) per retire.
@@ -273,6 +300,8 @@ private:
     }
 
     const void* const domain_;
+    const std::atomic<bool>* const fast_writes_;
+    std::atomic<std::uint32_t>* const fast_writers_;
     Fifo epoch_retired_;
     Fifo hazard_retired_;
     std::size_t epoch_count_ = 0;

@@ -125,7 +125,7 @@ public:
     // (trigger_list_in) is the one call a trigger makes.
     template <class FindList, class ShouldStop>
     [[gnu::always_inline]] TriggerResult trigger(FindList&& find_list, ShouldStop&& should_stop, Args&... args) {
-        TriggerScope scope(state_);
+        TriggerScope scope(state_, state_->fenced_entry);
         CallbackList* list = find_list();
         if (list == nullptr) return TriggerResult{};
         return trigger_list<signature>(scope, *list, *state_, should_stop, args...);

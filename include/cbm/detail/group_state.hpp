@@ -36,13 +36,23 @@ struct GroupState {
     std::mutex mutex;                         // the writer lock: add, unregister, clear, erase
     std::atomic<std::uint32_t> refs{1};
     bool alive = true;                        // under mutex; false once the owner started destruction
-    RetireList retired{this};                 // under mutex; `this` is the domain triggers publish
+    RetireList retired{this, &fast_writes, &fast_writers};  // under mutex; `this` is the domain triggers publish
     const ErrorPolicy policy;
     const bool metrics;                       // nodes get CallbackStats
     const std::uint32_t latency_sample_every; // time one invocation in this many, per thread
     ResilienceClock* const clock;             // timeouts, backoff, cool-downs; null: the steady clock
 
     std::atomic<CallbackObserver*> observer{nullptr};  // read by triggers
+
+    // Write-heavy mode (unregister.hpp, "fast blocking waits"): while
+    // `fenced_entry` is set, every trigger of the group runs a full fence on
+    // entry; once `fast_writes` is set too, a blocking unregister may settle
+    // with a fence and a short wait instead of a heavy barrier.
+    std::atomic<bool> fenced_entry{false};            // read by every trigger
+    std::atomic<bool> fast_writes{false};             // changed under mutex
+    std::atomic<std::uint32_t> fast_writers{0};       // writers now settling without a heavy barrier
+    std::atomic<std::uint32_t> contended_waits{0};    // blocking waits that found a trigger inside
+    std::atomic<std::uint32_t> quiet_waits{0};        // fast waits in a row that found none
 
     void add_ref() noexcept { refs.fetch_add(1, std::memory_order_relaxed); }
     void release_ref() noexcept {

@@ -120,7 +120,8 @@ inline void reclaim_hooked_node(Retirable* r) noexcept {
 // no trigger can still be filtering or running it.
 inline void retire_target(NodeBase* n, RetireList& retired) noexcept {
     n->add_ref();
-    retired.retire_until_unannounced(&n->target_hook, &reclaim_hooked_node, static_cast<const void*>(n));
+    retired.retire_until_unannounced(&n->target_hook, &reclaim_hooked_node, static_cast<const void*>(n),
+                                     &n->target_destroyed);
 }
 
 // Retires the list's reference to a node that the last array holding it

@@ -116,7 +116,8 @@ Outcome run_pipeline(Node<Signature>& node, const PipelineContext& p, A&... args
     // Only the claiming thread ever runs a once callback's body, and it still
     // has the node announced (a blocking unregister waits for it), so its
     // captured state can go right now. The filter stays: other threads may
-    // still be evaluating it; it goes when the node is reclaimed.
+    // still be evaluating it; it goes with the callable, once no trigger
+    // announces the node (epoch.hpp).
     if (once) node.fn().reset();
     return outcome;
 }

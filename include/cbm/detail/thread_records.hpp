@@ -30,13 +30,15 @@
 //   level or a slot with a release store, so a writer whose acquire scan sees
 //   the clear also sees every access the owner made before it.
 //
-//   A level's epoch is stored before its domain, and a level's epochs only
-//   grow: a scan that pairs a domain with an epoch of an earlier use of the
-//   level sees a smaller epoch (conservative), never a larger one while the
-//   level is still inside that domain.
+//   A level's epoch is stored (release) before its domain, and a level's
+//   epochs only grow. A scan loads the epoch, then the domain: if it reads
+//   the epoch of a later trigger of that level, the release makes it see the
+//   earlier trigger's exit (domain cleared) too; if it reads an older epoch
+//   with a newer domain, the epoch is smaller than the truth (conservative).
 //
-//   Skipping records not in use is safe for the same reason reading a level
-//   is: a thread takes a record (in_use, acq_rel CAS) before its first
+//   Level scans skip records not in use (hazard-slot scans do not: a moved
+//   Snapshot handle may outlive its thread). That is safe for the same
+//   reason reading a level is: a thread takes a record (in_use, acq_rel CAS) before its first
 //   announcement, so a writer that, after its barrier, still sees the record
 //   free is one whose changes that thread's later reads see.
 //
@@ -51,7 +53,8 @@
 // the thread, so a thread_local whose destructor triggers or loads a Snapshot
 // still uses (and does not leak) the thread's record. If a later
 // thread-specific destructor takes a record again, the key is set again and
-// the C library calls the release once more.
+// the C library calls the release once more (glibc: for up to 4 rounds; a
+// record taken in the last round stays taken).
 #pragma once
 
 #include <atomic>
@@ -78,6 +81,7 @@ inline constexpr std::size_t kSlotsPerChunk = 8;
 struct TriggerLevel {
     std::atomic<const void*> domain{nullptr};  // group or registry triggered at this depth
     std::atomic<std::uint64_t> epoch{0};       // the global epoch when this level was entered
+    std::atomic<std::uint64_t> entries{0};     // how many triggers entered this level (release)
     std::atomic<const void*> node{nullptr};    // callback being filtered or run at this depth
 };
 
@@ -150,7 +154,8 @@ inline bool defer_until_outside_triggers(void (*run)(void*) noexcept, void* cont
 
 
 // Gives the calling thread's record back to the pool (it must be outside
-// every trigger and hold no Snapshot handle).
+// every trigger; its hazard slots may still pin Snapshot values for handles
+// moved to other threads, which slot scans still see).
 inline void release_record(ThreadRecord* record) noexcept {
     if (t_record == record) t_record = nullptr;
     record->in_use.store(false, std::memory_order_release);
@@ -292,13 +297,16 @@ inline bool domain_entered_elsewhere(const void* domain) {
     return some_level_holds(&TriggerLevel::domain, domain, false);
 }
 
-// True when some thread's hazard slot holds `value` (a Snapshot block or tag).
+// True when some record's hazard slot holds `value` (a Snapshot block or
+// tag). Every record, in use or not: a read handle may be moved to another
+// thread and outlive the thread (and the record tenure) that loaded it.
 inline bool slot_holds(const void* value) {
-    return any_record(true, [value](ThreadRecord& r) {
+    for (ThreadRecord* r = g_records.head.load(std::memory_order_acquire); r; r = r->next_record) {
         bool hit = false;
-        for_each_slot(r, [&](std::atomic<const void*>& s) { hit = hit || s.load(std::memory_order_acquire) == value; });
-        return hit;
-    });
+        for_each_slot(*r, [&](std::atomic<const void*>& s) { hit = hit || s.load(std::memory_order_acquire) == value; });
+        if (hit) return true;
+    }
+    return false;
 }
 
 // True when the calling thread is inside a trigger of `domain` at some depth.
@@ -329,18 +337,30 @@ class TriggerScope {
 public:
     // Always inlined: it is on every trigger, and the compiler sometimes
     // outlines it in larger translation units.
-    [[gnu::always_inline]] explicit TriggerScope(const void* domain)
+    //
+    // `fenced_entry`: the domain's write-heavy mode (unregister.hpp, "fast
+    // blocking waits"). Read after the domain is published: a trigger that
+    // reads it false published the domain before the barrier that turned
+    // the mode on, so that barrier made the domain visible to writers.
+    [[gnu::always_inline]] TriggerScope(const void* domain, const std::atomic<bool>& fenced_entry)
         : record_(current_record()), mode_(g_barrier_mode.load(std::memory_order_relaxed)) {
         depth_ = record_->depth;
         level_ = depth_ < kLevelsPerChunk ? &record_->levels.levels[depth_] : deep_level(depth_);
         record_->depth = depth_ + 1;
-        level_->epoch.store(g_records.epoch.load(std::memory_order_acquire), std::memory_order_relaxed);
-        level_->domain.store(domain, std::memory_order_relaxed);
+        // Release: a scan that reads this epoch also sees the previous
+        // trigger of this level leave (its domain cleared) and all it did.
+        level_->epoch.store(g_records.epoch.load(std::memory_order_acquire), std::memory_order_release);
+        level_->entries.store(level_->entries.load(std::memory_order_relaxed) + 1, std::memory_order_release);
+        level_->domain.store(domain, std::memory_order_release);
         light_barrier(mode_);
+        if (fenced_entry.load(std::memory_order_relaxed)) [[unlikely]] full_fence();
     }
     TriggerScope(const TriggerScope&) = delete;
     TriggerScope& operator=(const TriggerScope&) = delete;
     [[gnu::always_inline]] ~TriggerScope() {
+        // The node too: an exception between announce and withdraw must not
+        // leave it announced (release: it may be the withdrawal).
+        level_->node.store(nullptr, std::memory_order_release);
         level_->domain.store(nullptr, std::memory_order_release);
         record_->depth = depth_;
         if (depth_ == 0 && !record_->deferred.empty()) [[unlikely]] record_->run_deferred();
@@ -352,9 +372,11 @@ public:
 
     // Announce that `node` may be filtered or run next; its state must be read
     // only after this returns. `Mode` must equal mode().
+    // (A release store: free on x86; a waiter that reads the node then reads
+    // this trigger's `entries`, see unregister.hpp.)
     template <BarrierMode Mode>
     void announce(const void* node) noexcept {
-        level_->node.store(node, std::memory_order_relaxed);
+        level_->node.store(node, std::memory_order_release);
         light_barrier(Mode);
     }
     // Withdraw the announcement; the caller then checks for waiters.

@@ -112,8 +112,41 @@ inline bool waits_back_on(ThreadRecord& self, ThreadRecord& blocker) noexcept {
 // cbm wait for an invocation the caller is inside, so waiting for them would
 // deadlock. Returns true when it waited for every other thread, false when
 // it left some on a cycle (their invocations may still be running). The
-// caller must have set kUnregistered | kWaiter and run writer_barrier() since.
+// caller must have set kUnregistered | kWaiter and run writer_barrier() (or
+// settled, see barrier_before_waiting) since.
+//
+// Only the announcements visible at the first scan can still run `n`: a
+// trigger that announces it later reads it unregistered and skips it. So
+// the wait follows those levels (a level is done once its node changes or it
+// entered another trigger: `entries` moved; both are release stores, so the
+// invocation happens-before the return) and ignores later announcements of
+// the tombstone by triggers that walk past it.
 inline bool wait_until_idle_elsewhere(NodeBase& n) {
+    struct Held {
+        ThreadRecord* record;
+        TriggerLevel* level;
+        std::uint64_t entries;
+        bool done;
+    };
+    constexpr std::size_t kMaxHeld = 16;
+    Held held[kMaxHeld];
+    std::size_t count = 0;
+    bool overflow = false;
+    any_record(false, [&](ThreadRecord& r) {
+        for_each_level(r, [&](TriggerLevel& l) {
+            // The node first: the announcement is a release store after the
+            // level's `entries`, so this reads the entries of that trigger.
+            if (l.node.load(std::memory_order_acquire) != &n) return;
+            const std::uint64_t entries = l.entries.load(std::memory_order_acquire);
+            if (count == kMaxHeld) {
+                overflow = true;
+            } else {
+                held[count++] = Held{&r, &l, entries, false};
+            }
+        });
+        return false;
+    });
+    if (count == 0 && !overflow) return true;
     ThreadRecord* self = t_record;
     // Only a thread inside a trigger can be on a cycle (it runs something).
     ThreadRecord* const inside = self != nullptr && self->depth != 0 ? self : nullptr;
@@ -124,15 +157,30 @@ inline bool wait_until_idle_elsewhere(NodeBase& n) {
         const std::uint32_t seen = n.wake.load(std::memory_order_acquire);
         bool blocked = false;
         cut = false;
-        any_record(false, [&](ThreadRecord& r) {
-            if (!record_announces(r, &n)) return false;
+        auto still_runs = [&](ThreadRecord& r) {
             if (inside != nullptr && waits_back_on(*inside, r)) {
                 cut = true;
                 return false;
             }
-            blocked = true;
             return true;
-        });
+        };
+        if (overflow) {  // too many to follow one by one: every announcement counts
+            any_record(false, [&](ThreadRecord& r) {
+                blocked = record_announces(r, &n) && still_runs(r);
+                return blocked;
+            });
+        } else {
+            for (std::size_t i = 0; i < count; ++i) {
+                Held& h = held[i];
+                if (h.done) continue;
+                if (h.level->node.load(std::memory_order_acquire) != &n ||
+                    h.level->entries.load(std::memory_order_acquire) != h.entries) {
+                    h.done = true;
+                    continue;
+                }
+                if (still_runs(*h.record)) blocked = true;
+            }
+        }
         if (!blocked) break;
         if (backoff.sleeping()) {
             n.wake.wait(seen, std::memory_order_acquire);
@@ -146,9 +194,145 @@ inline bool wait_until_idle_elsewhere(NodeBase& n) {
 
 // After a wait: destroys the callable now unless some thread may still run
 // it (this one, or one on a cut wait cycle); then the retirement of its
-// target hook destroys it once no trigger can reach it.
+// target hook destroys it once no trigger announces the node.
 inline void destroy_target_if_idle(NodeBase& n, bool waited_for_all) noexcept {
     if (waited_for_all && !node_announced_by_self(&n)) n.destroy_target_once();
+}
+
+// ---- Fast blocking waits (the write-heavy mode of a group) ----------------
+//
+// A blocking unregister normally pays a heavy barrier (membarrier), several
+// microseconds when another thread is running, because triggers announce
+// with a compiler-only fence. A group whose blocking waits keep finding
+// triggers inside it switches to a mode where every trigger of the group
+// also runs one full fence on entry (after publishing its level), and a
+// blocking unregister then settles with its own fence instead:
+//
+//   * A trigger level of the group that the writer's scan (after its fence)
+//     does not see entered with a fence after publishing, so (Dekker) it
+//     reads the node's new state and never runs it.
+//   * A level it sees announcing the node is waited for precisely, as always.
+//   * A level it sees inside the group announcing something else may have
+//     announced the node after its entry fence and read a stale state (its
+//     per-node announcement has only a compiler fence). The writer waits,
+//     for a bounded spin, until that trigger has left (the level's `entries`
+//     counter moved, or its domain changed; both stored with release, so the
+//     trigger's work happens-before). If one does not leave in time, the
+//     writer falls back to the heavy barrier and the ordinary wait.
+//
+// Turning the mode on: set `fenced_entry`, heavy barrier, then set
+// `fast_writes`. A trigger reads `fenced_entry` after publishing its domain:
+// either it published before the barrier (so a writer sees it) or it reads
+// the flag set and fences. Turning it off: clear `fast_writes` (seq_cst),
+// wait until no writer is settling (`fast_writers`, incremented seq_cst
+// before the writer rereads `fast_writes`: of the two, at least one sees the
+// other), heavy barrier (so triggers that start unfenced see every state a
+// fast writer set), clear `fenced_entry`. Only with membarrier: with fences
+// or under TSan the writer's barrier already is a fence.
+
+// Blocking unregisters of this thread that settled without a heavy barrier
+// (for tests: proof that the mode engaged).
+inline constinit thread_local std::uint64_t t_fast_settles = 0;
+
+inline constexpr std::uint32_t kContendedWaitsToGoFast = 8;
+inline constexpr std::uint32_t kQuietWaitsToGoBack = 1024;
+inline constexpr int kSettleSpins = 4096;
+
+inline void enter_fast_writes(GroupState& group) {
+    std::lock_guard<std::mutex> lock(group.mutex);
+    if (group.fast_writes.load(std::memory_order_relaxed)) return;
+    group.fenced_entry.store(true, std::memory_order_relaxed);
+    heavy_barrier();
+    group.fast_writes.store(true, std::memory_order_release);
+    group.quiet_waits.store(0, std::memory_order_relaxed);
+}
+
+inline void leave_fast_writes(GroupState& group) {
+    std::lock_guard<std::mutex> lock(group.mutex);
+    if (!group.fast_writes.load(std::memory_order_relaxed)) return;
+    group.fast_writes.store(false, std::memory_order_seq_cst);
+    // Settling writers spin for a bounded time and never take the mutex.
+    while (group.fast_writers.load(std::memory_order_seq_cst) != 0) cpu_relax();
+    heavy_barrier();
+    group.fenced_entry.store(false, std::memory_order_relaxed);
+    group.contended_waits.store(0, std::memory_order_relaxed);
+}
+
+// After the writer's fence: waits until every other thread's level inside
+// `group` that does not announce `n` has left that trigger. Returns false
+// when one has not within the spin budget (or there are too many to track).
+inline bool settle_levels_of(const GroupState& group, const NodeBase& n, bool& found_inside) {
+    struct Inside {
+        TriggerLevel* level;
+        std::uint64_t entries;
+    };
+    constexpr std::size_t kMaxTracked = 32;
+    Inside inside[kMaxTracked];
+    std::size_t count = 0;
+    bool overflow = false;
+    any_record(false, [&](ThreadRecord& r) {
+        for_each_level(r, [&](TriggerLevel& l) {
+            if (l.domain.load(std::memory_order_acquire) != &group) return;
+            found_inside = true;
+            const std::uint64_t entries = l.entries.load(std::memory_order_acquire);
+            if (l.node.load(std::memory_order_acquire) == &n) return;  // the precise wait's
+            if (count == kMaxTracked) {
+                overflow = true;
+            } else {
+                inside[count++] = Inside{&l, entries};
+            }
+        });
+        return overflow;
+    });
+    if (overflow) return false;
+    for (int spin = 0; count != 0; ++spin) {
+        if (spin == kSettleSpins) return false;
+        const Inside& last = inside[count - 1];
+        if (last.level->entries.load(std::memory_order_acquire) != last.entries ||
+            last.level->domain.load(std::memory_order_acquire) != &group) {
+            --count;
+        } else {
+            cpu_relax();
+        }
+    }
+    return true;
+}
+
+// The barrier half of a blocking unregister of `n`: a fence and a settle in
+// the write-heavy mode, else the writer barrier. Also decides when the
+// group enters or leaves that mode.
+inline void barrier_before_waiting(NodeBase& n) {
+    GroupState& group = *n.group;
+    if (g_barrier_mode.load(std::memory_order_relaxed) != BarrierMode::membarrier) {
+        writer_barrier();
+        return;
+    }
+    bool found_inside = false;
+    if (group.fast_writes.load(std::memory_order_acquire)) {
+        group.fast_writers.fetch_add(1, std::memory_order_seq_cst);
+        bool settled = false;
+        if (group.fast_writes.load(std::memory_order_seq_cst)) {
+            full_fence();
+            settled = settle_levels_of(group, n, found_inside);
+        }
+        group.fast_writers.fetch_sub(1, std::memory_order_release);
+        if (settled) {
+            ++t_fast_settles;
+            if (found_inside) {
+                group.quiet_waits.store(0, std::memory_order_relaxed);
+            } else if (group.quiet_waits.fetch_add(1, std::memory_order_relaxed) + 1 >= kQuietWaitsToGoBack) {
+                leave_fast_writes(group);
+            }
+            return;
+        }
+        writer_barrier();
+        return;
+    }
+    writer_barrier();
+    if (domain_entered_elsewhere(&group) &&
+        group.contended_waits.fetch_add(1, std::memory_order_relaxed) + 1 >= kContendedWaitsToGoFast) {
+        enter_fast_writes(group);
+    }
 }
 
 // Registration::unregister (`wait`) and unregister_nowait.
@@ -157,7 +341,7 @@ inline bool unregister_node(NodeBase& n, bool wait) {
     const bool won = (n.state.fetch_or(bits, std::memory_order_acq_rel) & kUnregistered) == 0;
     if (won) detach(&n);
     if (wait) {
-        writer_barrier();
+        barrier_before_waiting(n);
         destroy_target_if_idle(n, wait_until_idle_elsewhere(n));
     }
     return won;
