@@ -329,55 +329,65 @@ TEST_CASE("erase() of another key does not wait for a callback removed from this
 }
 
 TEST_CASE("a blocking unregister in a group other threads keep triggering returns only once the callback runs "
-          "nowhere, and destroys it (the write-heavy mode)",
+          "nowhere, and destroys it (the write-heavy mode, entered, left and entered again)",
           "[blocking][race][lifetime]") {
     const Watchdog watchdog("write-heavy mode");
     CallbackGroup<void()> group;
     for (int i = 0; i < 8; ++i) group.add([] {});
-    std::atomic<bool> stop{false};
-    std::atomic<long> emits{0};
-    auto emitter = [&] {
-        while (!stop.load(std::memory_order_relaxed)) {
-            group.trigger();
-            emits.fetch_add(1, std::memory_order_relaxed);
-        }
-    };
-    std::thread first(emitter);
-    std::thread second(emitter);
     cbm_test::Counter counter;
     std::atomic<int> late_runs{0};
-    const std::uint64_t fast_before = cbm::detail::t_fast_settles;
-    constexpr int kPairs = 20'000;
-    for (int i = 0; i < kPairs; ++i) {
-        // `removed` outlives the loop iteration only through the callable,
-        // which must be gone by the time unregister() returns.
-        auto removed = std::make_shared<std::atomic<bool>>(false);
-        std::atomic<int> inside{0};
-        auto registration = group.add([&inside, &late_runs, removed, tracked = cbm_test::Tracked(counter)] {
-            inside.fetch_add(1);
-            if (removed->load()) late_runs.fetch_add(1);
-            for (int spin = 0; spin < 50; ++spin) cbm::detail::cpu_relax();
-            inside.fetch_sub(1);
-        });
-        if (i % 2 == 0) {
-            // Let the emitters reach it at least once.
-            const long seen = emits.load();
-            cbm_test::eventually([&] { return emits.load() > seen + 2; });
+    std::atomic<long> emits{0};
+    // Adds and unregisters `pairs` callbacks, checking after each unregister
+    // that it runs nowhere and that its callable is gone.
+    auto churn = [&](int pairs, bool triggered) {
+        for (int i = 0; i < pairs; ++i) {
+            auto removed = std::make_shared<std::atomic<bool>>(false);
+            std::atomic<int> inside{0};
+            auto registration = group.add([&inside, &late_runs, removed, tracked = cbm_test::Tracked(counter)] {
+                inside.fetch_add(1);
+                if (removed->load()) late_runs.fetch_add(1);
+                for (int spin = 0; spin < 50; ++spin) cbm::detail::cpu_relax();
+                inside.fetch_sub(1);
+            });
+            if (triggered && i % 2 == 0) {  // let the emitters reach it at least once
+                const long seen = emits.load();
+                cbm_test::eventually([&] { return emits.load() > seen + 2; });
+            }
+            registration.unregister();
+            removed->store(true);
+            REQUIRE(inside.load() == 0);
+            REQUIRE(counter.alive() == 0);
         }
-        registration.unregister();
-        removed->store(true);
-        REQUIRE(inside.load() == 0);
-        REQUIRE(counter.alive() == 0);
-    }
-    stop.store(true);
-    first.join();
-    second.join();
+    };
+    // Runs `body` while two threads trigger the group.
+    auto while_triggered = [&](auto&& body) {
+        std::atomic<bool> stop{false};
+        auto emitter = [&] {
+            while (!stop.load(std::memory_order_relaxed)) {
+                group.trigger();
+                emits.fetch_add(1, std::memory_order_relaxed);
+            }
+        };
+        std::thread first(emitter);
+        std::thread second(emitter);
+        body();
+        stop.store(true);
+        first.join();
+        second.join();
+    };
+    const bool membarrier = cbm::detail::ensure_barrier_mode() == cbm::detail::BarrierMode::membarrier;
+
+    const std::uint64_t before = cbm::detail::t_fast_settles;
+    while_triggered([&] { churn(10'000, true); });
+    if (membarrier) CHECK(cbm::detail::t_fast_settles > before);  // the mode engaged
+
+    churn(1'100, false);  // quiet: the group leaves the mode ...
+    const std::uint64_t after_quiet = cbm::detail::t_fast_settles;
+    churn(50, false);
+    CHECK(cbm::detail::t_fast_settles == after_quiet);  // ... and stays out while quiet
+
+    while_triggered([&] { churn(10'000, true); });  // and enters it again
+    if (membarrier) CHECK(cbm::detail::t_fast_settles > after_quiet);
     CHECK(late_runs.load() == 0);
     CHECK(counter.errors.load() == 0);
-#if CBM_DETAIL_HAVE_MEMBARRIER
-    if (cbm::detail::g_barrier_mode.load() == cbm::detail::BarrierMode::membarrier) {
-        CHECK(cbm::detail::t_fast_settles > fast_before);
-    }
-#endif
-    (void)fast_before;
 }
