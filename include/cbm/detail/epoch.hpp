@@ -17,6 +17,12 @@
 //     callable. This is what lets a thread parked inside one callback leave
 //     every other removed callable of the same group free to go.
 //
+// In a group's write-heavy mode (unregister.hpp) a pass runs a fence, not a
+// heavy barrier: levels it does not see entered with a fence, so the
+// epoch rule holds as is; a level it sees inside the group with an epoch at
+// or below a callable's stamp may have announced the node unseen, so that
+// callable waits for a later pass.
+//
 // Memory ordering: retire() stamps with a seq_cst RMW of the global epoch, so
 // the unlink happens-before every later advance; a reclamation advances the
 // epoch, runs writer_barrier() and only then reads the levels (acquire): a
@@ -122,7 +128,9 @@ public:
     // already marked unregistered), or any time once `*harmless` is true.
     void retire_until_unannounced(Retirable* object, void (*reclaim)(Retirable*) noexcept, const void* hazard,
                                   const std::atomic<bool>* harmless) noexcept {
-        object->retire_stamp = 0;
+        // Stamped too: in a group's write-heavy mode a level that entered
+        // at a later epoch read the node unregistered (reclaim_unreachable).
+        object->retire_stamp = g_records.epoch.fetch_add(0, std::memory_order_seq_cst);
         object->hazard = hazard;
         object->harmless = harmless;
         object->after_older_hazards = false;
@@ -174,7 +182,12 @@ public:
         } else {
             writer_barrier();
         }
-        const bool hazards_provable = !fast || !domain_entered_elsewhere(domain_);
+        // The oldest epoch a level inside this domain entered at. Also what
+        // makes a hazard provable in the fast mode: a level that entered
+        // later loaded an epoch advanced after the node was marked
+        // unregistered, so it reads it unregistered; an older level inside
+        // may have announced it unseen.
+        const std::uint64_t oldest_reader = min_epoch_inside(domain_);
         Retirable* chain = nullptr;
         Retirable** chain_tail = &chain;
         auto move_to_chain = [&](Retirable* object) {
@@ -188,7 +201,7 @@ public:
                 hazard_count_ -= hazard_retired_.remove_if(
                     [&](Retirable* r) {
                         if (r->harmless != nullptr && r->harmless->load(std::memory_order_acquire)) return true;
-                        if (!hazards_provable) return false;
+                        if (fast && r->retire_stamp >= oldest_reader) return false;
                         for (const void* a : announced) {
                             if (a == r->hazard) return false;
                         }
@@ -199,7 +212,6 @@ public:
                 // Out of memory: the callables wait for the next pass.
             }
         }
-        const std::uint64_t oldest_reader = min_epoch_inside(domain_);
         const std::uint64_t oldest_hazard = hazard_retired_.head != nullptr
                                                 ? hazard_retired_.head->retire_order
                                                 : std::numeric_limits<std::uint64_t>::max();

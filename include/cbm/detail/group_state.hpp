@@ -48,11 +48,17 @@ struct GroupState {
     // `fenced_entry` is set, every trigger of the group runs a full fence on
     // entry; once `fast_writes` is set too, a blocking unregister may settle
     // with a fence and a short wait instead of a heavy barrier.
-    std::atomic<bool> fenced_entry{false};            // read by every trigger
-    std::atomic<bool> fast_writes{false};             // changed under mutex
-    std::atomic<std::uint32_t> fast_writers{0};       // writers now settling without a heavy barrier
-    std::atomic<std::uint32_t> contended_waits{0};    // blocking waits that found a trigger inside
-    std::atomic<std::uint32_t> quiet_waits{0};        // fast waits in a row that found none
+    // The flags read by triggers and writers have a line of their own; the
+    // counters writers update have another, so no write to them costs a
+    // trigger a cache miss.
+    alignas(64) std::atomic<bool> fenced_entry{false};  // read by every trigger
+    std::atomic<bool> fast_writes{false};               // changed under mutex
+    alignas(64) std::atomic<std::uint32_t> fast_writers{0};  // writers now settling without a heavy barrier
+    std::atomic<std::uint32_t> contended_waits{0};      // blocking waits in a row that found a trigger inside
+    std::atomic<std::uint32_t> quiet_waits{0};          // fast waits in a row that found none
+    std::atomic<std::uint32_t> settle_timeouts{0};      // fast waits in a row whose settle timed out
+    std::atomic<std::uint32_t> contended_waits_to_enter{8};  // doubles each time settles kept timing out
+    char pad_after_counters[64 - 5 * sizeof(std::atomic<std::uint32_t>)] = {};
 
     void add_ref() noexcept { refs.fetch_add(1, std::memory_order_relaxed); }
     void release_ref() noexcept {

@@ -230,13 +230,24 @@ inline void destroy_target_if_idle(NodeBase& n, bool waited_for_all) noexcept {
 // fast writer set), clear `fenced_entry`. Only with membarrier: with fences
 // or under TSan the writer's barrier already is a fence.
 
-// Blocking unregisters of this thread that settled without a heavy barrier
-// (for tests: proof that the mode engaged).
+// Blocking unregisters of this thread that settled without a heavy barrier,
+// and how often any group entered and left the mode (for tests).
 inline constinit thread_local std::uint64_t t_fast_settles = 0;
+inline std::atomic<std::uint64_t> g_fast_mode_entries{0};
+inline std::atomic<std::uint64_t> g_fast_mode_exits{0};
 
-inline constexpr std::uint32_t kContendedWaitsToGoFast = 8;
-inline constexpr std::uint32_t kQuietWaitsToGoBack = 1024;
-inline constexpr int kSettleSpins = 4096;
+inline constexpr std::uint32_t kContendedWaitsToGoFast = 8;  // in a row
+inline constexpr std::uint32_t kQuietWaitsToGoBack = 1024;   // in a row
+inline constexpr std::uint32_t kTimeoutsToGoBack = 4;        // in a row
+// About the cost of the membarrier it replaces (a few microseconds here):
+// waiting longer than that for a trigger to leave gains nothing.
+inline constexpr int kSettleSpins = 128;
+
+// Counters of the mode live on a line that writers share; triggers never
+// read it, but a store of an unchanged zero would still take it exclusive.
+inline void reset_if_set(std::atomic<std::uint32_t>& counter) noexcept {
+    if (counter.load(std::memory_order_relaxed) != 0) counter.store(0, std::memory_order_relaxed);
+}
 
 inline void enter_fast_writes(GroupState& group) {
     std::lock_guard<std::mutex> lock(group.mutex);
@@ -245,17 +256,27 @@ inline void enter_fast_writes(GroupState& group) {
     heavy_barrier();
     group.fast_writes.store(true, std::memory_order_release);
     group.quiet_waits.store(0, std::memory_order_relaxed);
+    group.settle_timeouts.store(0, std::memory_order_relaxed);
+    g_fast_mode_entries.fetch_add(1, std::memory_order_relaxed);
 }
 
-inline void leave_fast_writes(GroupState& group) {
+// `timed_out`: left because settles kept timing out; the group then needs
+// twice as many contended waits in a row to enter again (so a thread parked
+// inside it does not make it flip back and forth), else as many as at first.
+inline void leave_fast_writes(GroupState& group, bool timed_out) {
     std::lock_guard<std::mutex> lock(group.mutex);
     if (!group.fast_writes.load(std::memory_order_relaxed)) return;
+    const std::uint32_t bar = group.contended_waits_to_enter.load(std::memory_order_relaxed);
+    group.contended_waits_to_enter.store(timed_out ? (bar < (1u << 20) ? bar * 2 : bar) : kContendedWaitsToGoFast,
+                                         std::memory_order_relaxed);
     group.fast_writes.store(false, std::memory_order_seq_cst);
     // Settling writers spin for a bounded time and never take the mutex.
-    while (group.fast_writers.load(std::memory_order_seq_cst) != 0) cpu_relax();
+    Backoff backoff;
+    while (group.fast_writers.load(std::memory_order_seq_cst) != 0) backoff.pause();
     heavy_barrier();
     group.fenced_entry.store(false, std::memory_order_relaxed);
     group.contended_waits.store(0, std::memory_order_relaxed);
+    g_fast_mode_exits.fetch_add(1, std::memory_order_relaxed);
 }
 
 // After the writer's fence: waits until every other thread's level inside
@@ -318,19 +339,27 @@ inline void barrier_before_waiting(NodeBase& n) {
         group.fast_writers.fetch_sub(1, std::memory_order_release);
         if (settled) {
             ++t_fast_settles;
+            reset_if_set(group.settle_timeouts);
             if (found_inside) {
-                group.quiet_waits.store(0, std::memory_order_relaxed);
+                reset_if_set(group.quiet_waits);
             } else if (group.quiet_waits.fetch_add(1, std::memory_order_relaxed) + 1 >= kQuietWaitsToGoBack) {
-                leave_fast_writes(group);
+                leave_fast_writes(group, false);
             }
             return;
         }
         writer_barrier();
+        // A trigger that stays inside (a long or parked callback) makes every
+        // settle time out: the mode then only costs, so leave it.
+        if (group.settle_timeouts.fetch_add(1, std::memory_order_relaxed) + 1 >= kTimeoutsToGoBack) {
+            leave_fast_writes(group, true);
+        }
         return;
     }
     writer_barrier();
-    if (domain_entered_elsewhere(&group) &&
-        group.contended_waits.fetch_add(1, std::memory_order_relaxed) + 1 >= kContendedWaitsToGoFast) {
+    if (!domain_entered_elsewhere(&group)) {
+        reset_if_set(group.contended_waits);  // the mode needs contended waits in a row
+    } else if (group.contended_waits.fetch_add(1, std::memory_order_relaxed) + 1 >=
+               group.contended_waits_to_enter.load(std::memory_order_relaxed)) {
         enter_fast_writes(group);
     }
 }
