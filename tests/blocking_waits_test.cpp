@@ -382,14 +382,14 @@ TEST_CASE("a blocking unregister in a group other threads keep triggering return
     // only entering and leaving are checked, never how often it paid off.
     const std::uint64_t entries_before = cbm::detail::g_fast_mode_entries.load();
     const std::uint64_t exits_before = cbm::detail::g_fast_mode_exits.load();
-    while_triggered([&] { churn(10'000, true); });
+    while_triggered([&] { churn(2'000, true); });
     if (membarrier) CHECK(cbm::detail::g_fast_mode_entries.load() > entries_before);  // the mode engaged
 
     churn(1'100, false);  // quiet: the group leaves the mode
     CHECK(cbm::detail::g_fast_mode_entries.load() - entries_before ==
           cbm::detail::g_fast_mode_exits.load() - exits_before);
 
-    while_triggered([&] { churn(10'000, true); });  // and may enter it again
+    while_triggered([&] { churn(2'000, true); });  // and may enter it again
     CHECK(late_runs.load() == 0);
     CHECK(counter.errors.load() == 0);
 }
