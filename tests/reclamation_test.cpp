@@ -2,57 +2,21 @@
 // thread parked inside one callback holds back only what it could still
 // reach, removed callables go once their own invocations finish, and thread
 // records are never leaked. Memory is counted in bytes live (a count, not a
-// time): this program replaces the global operator new, so it is an
-// executable of its own.
+// time): this program links live_bytes.cpp, which replaces the global
+// operator new, so it is an executable of its own.
 #include <cbm/callback_group.hpp>
 #include <cbm/callback_registry.hpp>
 #include <cbm/snapshot.hpp>
 
-#include <malloc.h>
-
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
-#include <cstdlib>
-#include <new>
 #include <thread>
 
 #include <catch2/catch.hpp>
 
+#include "live_bytes.hpp"
 #include "test_support.hpp"
-
-namespace {
-std::atomic<std::int64_t> g_live_bytes{0};
-}
-
-// g++ 12 at -O2 flags free() of what this operator new returned as a
-// mismatch (it pairs malloc with free itself); the pairing is right.
-#if defined(__GNUC__) && !defined(__clang__)
-#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
-#endif
-
-void* operator new(std::size_t size) {
-    if (void* p = std::malloc(size == 0 ? 1 : size)) {
-        g_live_bytes.fetch_add(static_cast<std::int64_t>(malloc_usable_size(p)), std::memory_order_relaxed);
-        return p;
-    }
-    throw std::bad_alloc();
-}
-void operator delete(void* p) noexcept {
-    if (p == nullptr) return;
-    g_live_bytes.fetch_sub(static_cast<std::int64_t>(malloc_usable_size(p)), std::memory_order_relaxed);
-    std::free(p);
-}
-void operator delete(void* p, std::size_t) noexcept { operator delete(p); }
-// Catch2 allocates with the nothrow form; it must pair with the delete above.
-void* operator new(std::size_t size, const std::nothrow_t&) noexcept {
-    try {
-        return operator new(size);
-    } catch (...) {
-        return nullptr;
-    }
-}
-void operator delete(void* p, const std::nothrow_t&) noexcept { operator delete(p); }
 
 namespace {
 
@@ -128,13 +92,13 @@ TEST_CASE("a thread parked inside a callback of a group does not hold back the m
     cbm::CallbackRegistry<int, void()> registry;
     registry.add(-1, [] {});  // the registry itself stays
     constexpr int kKeys = 20'000;
-    const std::int64_t before = g_live_bytes.load();
+    const std::int64_t before = cbm_test::live_bytes();
     for (int key = 0; key < kKeys; ++key) {
         auto registration = registry.add(key, [] {});
         registry.trigger(key);
         registration.unregister();
     }
-    const std::int64_t growth = g_live_bytes.load() - before;
+    const std::int64_t growth = cbm_test::live_bytes() - before;
     INFO("live bytes grew by " << growth << " over " << kKeys << " transient keys");
     // Each transient key allocates a few hundred bytes (entry, link, array,
     // node); held back, that is megabytes. Reclaimed in passes, what is still

@@ -24,9 +24,22 @@
 //     it run on the cancelling thread, as the standard specifies.
 //   * A canceled context unlinks from its parent, so a long-lived parent
 //     holds only its live children.
-//   * As in Go, a cancelable context that is never canceled stays linked to
-//     its cancelable parent until that parent is canceled: call the
-//     CancelFunc when done (dropping it does not cancel).
+//   * Lifetime: a context lives while something can still reach it: a
+//     Context or CancelFunc of it or of a descendant, its deadline timer
+//     (until it fires), a pending after_func on it, or a callback still
+//     registered with {.context = it}. The parent's link to a child does not
+//     count, so a subtree dropped without cancel is freed at once (where Go's
+//     garbage collector would free it; there is no leak to avoid by calling
+//     cancel). A bare std::stop_token from done() does not count either: a
+//     token whose context was freed reports stop_possible() == false, so keep
+//     the Context while a std::stop_callback relies on it.
+//   * cancel() never waits for user code on another thread. The call that
+//     cancels a context returns once err() is set on every descendant and
+//     the std::stop_callbacks of the nodes it reached have run; a call that
+//     finds the context canceled already returns at once. Where another
+//     thread's cancellation reached a descendant first, that thread runs the
+//     descendant's stop_callbacks (this call waits, at most, for its brief
+//     bookkeeping, never for a callback).
 //   * Deadlines use std::chrono::steady_clock and one shared timer thread for
 //     the whole process, started on first use (detail/services.hpp).
 //
@@ -217,10 +230,11 @@ public:
     CancelFunc() noexcept = default;  // does nothing when called
 
     // Effect: cancels the context with errc::canceled, unless it was
-    // canceled already. Idempotent and thread-safe. Every descendant is
-    // canceled before it returns. Never blocks on other threads (takes each
-    // affected context's mutex briefly); std::stop_callbacks registered on
-    // the contexts' tokens run inline, on this thread.
+    // canceled already (then returns at once). Idempotent and thread-safe.
+    // err() of every descendant is set before it returns. Never waits for
+    // user code on other threads (takes each affected context's mutex
+    // briefly); std::stop_callbacks registered on the tokens of the contexts
+    // this call cancels run inline, on this thread.
     void operator()() const noexcept {
         cancel(nullptr);
     }

@@ -6,15 +6,29 @@
 //     parent. Background is the null node.
 //   * A CancelNode (with_cancel, with_deadline, with_stop_token ...) owns a
 //     std::stop_source: done() hands out its tokens. It registers with its
-//     nearest cancelable ancestor, the `link_parent`, which then holds a
-//     counted reference to it in a circular list of children, until either
-//     is canceled. Value and without_cancel nodes never register.
-//   * Cancelling a node (the first time) records err and cause, takes its
-//     children and listeners out, then - with no lock held - requests stop on
-//     its stop_source (running std::stop_callbacks), removes its timer, fires
-//     its listeners, cancels the children it took (iteratively, with a work
-//     list, so deep trees do not recurse), and finally unlinks itself from
-//     its parent.
+//     nearest cancelable ancestor, the `link_parent`, in a circular list of
+//     children, until either is canceled or the child is destroyed. The list
+//     holds no reference: what keeps a node alive is what can still reach it
+//     (handles, its timer, after_funcs and bound callbacks, its children's
+//     parent pointers), never its parent, so a subtree nobody can reach is
+//     freed even if it was never canceled. A child's destructor unlinks it
+//     (its parent is alive: the child holds it). Value and without_cancel
+//     nodes never register.
+//   * Cancelling a tree runs in two phases. Phase 1, bookkeeping only (no
+//     user code, each node's mutex held briefly): mark every node of the
+//     subtree canceled (err and cause) and take its children out, taking a
+//     reference to each child that is not already being destroyed; a child
+//     being destroyed is dropped from the list and needs nothing. Phase 2,
+//     with no lock held: for every node marked, request stop on its
+//     stop_source (running std::stop_callbacks), remove its timer, fire its
+//     listeners. Last, unlink the root from its parent.
+//   * cancel() never waits for user code on another thread. A call that
+//     finds the root canceled returns at once (Go). A call that finds a
+//     descendant marked first by another call waits only for that call's
+//     phase 1 to reach the descendant's subtree, which runs no user code:
+//     so when the cancelling call returns, err() of every descendant is set.
+//     (Their stop_callbacks may still be running on that other thread.)
+//     Waits only ever point down the tree, so they form no cycle.
 //
 // Memory ordering: everything a node's cancellation changes is written under
 // the node's mutex, and `err` is stored last with release. Readers that load
@@ -137,7 +151,7 @@ struct NodeTimer : TimerEntry {
 
 // CancelNode::word: the error code in the low byte, plus two flags.
 inline constexpr std::uint32_t kCodeMask = 0xFFu;
-inline constexpr std::uint32_t kSettled = 0x100u;  // the cancellation reached every descendant
+inline constexpr std::uint32_t kSettled = 0x100u;       // phase 1 of the cancellation marked every descendant
 inline constexpr std::uint32_t kSettleWaiter = 0x200u;  // a thread sleeps until kSettled
 
 struct CancelNode : ContextNode {
@@ -151,16 +165,18 @@ struct CancelNode : ContextNode {
     std::uint32_t prune_at = 16;             // under mutex
     std::exception_ptr cause;                // written once under mutex, before err
     std::stop_source source;
-    CancelNode* link_parent = nullptr;       // where this node is registered; kept alive by `parent`
-    CancelNode* prev = nullptr;              // siblings, under link_parent->mutex while linked
-    CancelNode* next = nullptr;
-    CancelNode* children = nullptr;          // ring, under mutex; each holds a reference
+    CancelNode* link_parent = nullptr;       // where this node registered; kept alive by `parent`
+    bool in_parent_list = false;             // under link_parent->mutex
+    CancelNode* prev = nullptr;              // siblings while in the parent's list (under its mutex),
+    CancelNode* next = nullptr;              // then a cancellation's work list (its own)
+    CancelNode* children = nullptr;          // ring, under mutex; holds no references
     CancelListener* listeners = nullptr;     // ring, under mutex; each holds the list's reference
     NodeTimer* timer = nullptr;              // immutable once published: the deadline timer, if any
 
     CancelNode() { canceler = this; }
-    // A node dropped without being canceled may still hold listeners that do
-    // not keep it alive (callback links); children and after_funcs do.
+    // Unlinks the node from its parent's list, and drops listeners that are
+    // still linked (a node is destroyed with listeners only when none of
+    // them keeps it alive).
     ~CancelNode() override;
 
     std::uint8_t state() const noexcept {
@@ -222,7 +238,16 @@ inline void release_listeners(CancelListener* ring) noexcept {
     while (CancelListener* l = ring_pop_front(ring)) l->release_ref();
 }
 
-inline CancelNode::~CancelNode() { release_listeners(listeners); }
+inline CancelNode::~CancelNode() {
+    if (link_parent != nullptr) {
+        std::lock_guard<WordMutex> lock(link_parent->mutex);
+        if (in_parent_list) {
+            ring_unlink(link_parent->children, this);
+            in_parent_list = false;
+        }
+    }
+    release_listeners(listeners);
+}
 
 // Effect: links `l` (taking over the list's reference) so it fires when `n`
 // is canceled. Returns false, linking nothing, if `n` is already canceled.
@@ -253,43 +278,49 @@ inline bool remove_listener(CancelNode* n, CancelListener* l) noexcept {
 
 inline void remove_timer(CancelNode* n) noexcept;
 
-// Under nothing: the first cancellation of `n` wins. Moves `n`'s children
-// onto `work` (with their references) and returns its listeners.
-inline bool mark_canceled(CancelNode* n, std::uint8_t code, const std::exception_ptr& cause, CancelNode*& work,
-                          CancelListener*& listeners) noexcept {
+// Phase 1 for one node (under its mutex only): the first cancellation of
+// `n` wins. Moves n's children onto `work`, each with a reference taken for
+// the work list; a child already being destroyed (count zero) is only
+// unlinked, and its destructor then leaves the list alone. The listeners
+// stay in n->listeners, owned by this cancellation from now on (nobody
+// links or unlinks one on a canceled node).
+inline bool mark_canceled(CancelNode* n, std::uint8_t code, const std::exception_ptr& cause,
+                          CancelNode*& work) noexcept {
     std::lock_guard<WordMutex> lock(n->mutex);
     if (n->state_relaxed() != kActive) return false;
     n->cause = cause;
     n->word.store(code, std::memory_order_release);
-    ring_splice(work, n->children);
-    listeners = std::exchange(n->listeners, nullptr);
+    while (CancelNode* child = ring_pop_front(n->children)) {
+        child->in_parent_list = false;
+        if (child->try_add_ref()) ring_push_back(work, child);
+    }
     n->listener_count = 0;
     return true;
 }
 
-// Steps after the state change, with no lock held.
-inline void finish_cancel(CancelNode* n, CancelListener* listeners) noexcept {
+// Phase 2 for one node, with no lock held: the effects that run user code.
+inline void finish_cancel(CancelNode* n) noexcept {
     n->source.request_stop();
     if (n->timer != nullptr) remove_timer(n);
+    CancelListener* listeners = std::exchange(n->listeners, nullptr);
     while (CancelListener* l = ring_pop_front(listeners)) {
         l->fire();
         l->release_ref();
     }
 }
 
-// Nesting of cancel_tree() calls on this thread: a std::stop_callback run by
-// a cancellation may itself cancel.
-inline thread_local int cancel_depth = 0;
-
-// By the thread that canceled `n`, once all of n's descendants are canceled.
+// By the thread that marked `n`, once its phase 1 marked every descendant.
 inline void settle(CancelNode* n) noexcept {
     if ((n->word.fetch_or(kSettled, std::memory_order_acq_rel) & kSettleWaiter) != 0) n->word.notify_all();
 }
 
-// Returns once the cancellation of `n` (begun by another thread) has reached
-// all of n's descendants.
+// Returns once the phase 1 that marked `n` (another thread's) has marked
+// all of n's descendants. That phase runs no user code, so this never waits
+// for a callback, a stop_callback or a listener.
 inline void wait_settled(CancelNode* n) noexcept {
-    std::uint32_t seen = n->word.fetch_or(kSettleWaiter, std::memory_order_acq_rel) | kSettleWaiter;
+    std::uint32_t seen = n->word.load(std::memory_order_acquire);
+    if ((seen & kSettled) != 0) return;
+    seen = n->word.fetch_or(kSettleWaiter, std::memory_order_acq_rel) | kSettleWaiter;
     while ((seen & kSettled) == 0) {
         n->word.wait(seen, std::memory_order_acquire);
         seen = n->word.load(std::memory_order_acquire);
@@ -297,62 +328,48 @@ inline void wait_settled(CancelNode* n) noexcept {
 }
 
 // Effect: cancels `root` and every descendant with (code, cause), unless
-// `root` was canceled before; then unlinks `root` from its parent. The
-// caller holds a reference to `root`.
+// `root` was canceled before: then returns at once (Go's CancelFunc). Last,
+// unlinks `root` from its parent. The caller holds a reference to `root`.
 // Returns: true if this call canceled `root`.
-// Postcondition (Go's guarantee): when it returns, `root` and every
-// descendant are canceled - also where another thread's cancellation got to
-// a node first: it waits for that one to reach the node's descendants. The
-// exception is a call made from inside a std::stop_callback (or listener)
-// that a cancellation runs on this same thread: it does not wait, as the
-// work it would wait for may be its own caller's.
-// Takes each node's mutex only briefly; std::stop_callbacks registered on
-// the tokens run on this thread, in here, with no lock held.
+// Postcondition: when it returns true, err() of `root` and of every
+// descendant is set, and the stop_callbacks and listeners of every node this
+// call marked have run (here, with no lock held). Nodes another call marked
+// first get theirs from that call.
+// Blocking: never waits for user code on another thread (see the top).
 inline bool cancel_tree(CancelNode* root, std::uint8_t code, const std::exception_ptr& cause) noexcept {
-    const bool outermost = cancel_depth == 0;
-    CancelNode* work = nullptr;    // taken from parents' lists, with their references
-    CancelNode* done = nullptr;    // canceled by this call, to settle at the end
-    CancelNode* others = nullptr;  // canceled first by another thread, to wait for
-    CancelListener* listeners = nullptr;
-    if (!mark_canceled(root, code, cause, work, listeners)) {
-        if (outermost) wait_settled(root);
-        return false;
-    }
-    ++cancel_depth;
-    finish_cancel(root, listeners);
+    CancelNode* work = nullptr;    // to mark; each with a reference
+    CancelNode* marked = nullptr;  // marked by this call, root excluded, in order
+    CancelNode* others = nullptr;  // marked first by another call
+    if (!mark_canceled(root, code, cause, work)) return false;
     while (CancelNode* child = ring_pop_front(work)) {
-        listeners = nullptr;
-        if (mark_canceled(child, code, cause, work, listeners)) {
-            finish_cancel(child, listeners);
-            ring_push_back(done, child);
+        if (mark_canceled(child, code, cause, work)) {
+            ring_push_back(marked, child);
         } else {
             ring_push_back(others, child);
         }
     }
-    --cancel_depth;
-    // Wait below before settling above: waits only ever point down the
-    // tree, so two cancellations never wait for each other.
-    while (CancelNode* other = ring_pop_front(others)) {
-        if (outermost) wait_settled(other);
-        release_ref(other);  // the reference its parent's list held
+    // Wait below before settling above: waits point down the tree only.
+    for (CancelNode* other = others; other != nullptr;) {
+        wait_settled(other);
+        other = other->next == others ? nullptr : other->next;
     }
-    while (CancelNode* child = ring_pop_front(done)) {
-        settle(child);
-        release_ref(child);
+    for (CancelNode* n = marked; n != nullptr;) {
+        settle(n);
+        n = n->next == marked ? nullptr : n->next;
     }
     settle(root);
-    // Last, since waiting cancellations of the parent hold `root` in their
-    // lists until it is settled.
+    finish_cancel(root);
+    while (CancelNode* n = ring_pop_front(marked)) {
+        finish_cancel(n);
+        release_ref(n);  // the work list's reference
+    }
+    while (CancelNode* other = ring_pop_front(others)) release_ref(other);
     if (CancelNode* parent = root->link_parent) {
-        bool unlinked = false;
-        {
-            std::lock_guard<WordMutex> lock(parent->mutex);
-            if (parent->state_relaxed() == kActive) {
-                ring_unlink(parent->children, root);
-                unlinked = true;
-            }
+        std::lock_guard<WordMutex> lock(parent->mutex);
+        if (root->in_parent_list) {
+            ring_unlink(parent->children, root);
+            root->in_parent_list = false;
         }
-        if (unlinked) release_ref(root);
     }
     return true;
 }
@@ -381,7 +398,7 @@ inline void link_to_canceler(CancelNode* child, CancelNode* ancestor) noexcept {
         inherited = ancestor->state_relaxed();
         if (inherited == kActive) {
             child->link_parent = ancestor;
-            child->add_ref();  // the list's reference
+            child->in_parent_list = true;
             ring_push_back(ancestor->children, child);
         } else {
             inherited_cause = ancestor->cause;

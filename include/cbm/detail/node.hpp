@@ -43,6 +43,18 @@ struct NodeRetireHook : Retirable {
     NodeBase* node = nullptr;
 };
 
+// Something that must learn when a node's callable is destroyed: the link
+// of CallbackOptions::context, which then leaves its context's list and lets
+// the context go. The node holds one reference to it (its own count), which
+// target_destroyed() drops.
+struct TargetCompanion {
+    virtual void target_destroyed() noexcept = 0;
+
+protected:
+    TargetCompanion() = default;
+    ~TargetCompanion() = default;
+};
+
 // Size of the type-erased callable stored in every node (a Callback<Sig> of
 // any signature: two function pointers and three pointers of storage).
 inline constexpr std::size_t kCallableBytes = 5 * sizeof(void*);
@@ -74,6 +86,9 @@ struct NodeBase {
     std::string name;                    // immutable
     CallbackStats* stats = nullptr;      // immutable; owned by Node<Sig>; set when the group is instrumented
     Resilience* resilience = nullptr;    // immutable; owned by Node<Sig>: timeout / retry / circuit breaker
+    // Set once, after publication (ContextBinding::attach); taken by whoever
+    // sees both it and target_destroyed (seq_cst on both sides).
+    std::atomic<TargetCompanion*> companion{nullptr};
 
     NodeBase() noexcept {
         retire_hook.node = this;
@@ -95,13 +110,32 @@ struct NodeBase {
         }
     }
 
-    // Destroys the user's callable and filter exactly once.
+    // Destroys the user's callable and filter exactly once, then tells the
+    // companion. The caller holds a reference to the node.
     void destroy_target_once() noexcept {
-        if (!target_destroyed.exchange(true, std::memory_order_acq_rel)) destroy_target();
+        if (target_destroyed.exchange(true, std::memory_order_seq_cst)) return;
+        destroy_target();
+        take_companion_after_destroy();
+    }
+
+    // Effect: `c` (holding one reference for the node) learns of the
+    // target's destruction: when it happens, or now if it already has.
+    void set_companion(TargetCompanion* c) noexcept {
+        companion.store(c, std::memory_order_seq_cst);
+        if (target_destroyed.load(std::memory_order_seq_cst)) take_companion_after_destroy();
     }
 
 protected:
     virtual ~NodeBase() = default;
+
+private:
+    // Store-then-load on both sides (Dekker): at least one side sees the
+    // other, and the exchange lets exactly one of them tell the companion.
+    void take_companion_after_destroy() noexcept {
+        if (TargetCompanion* c = companion.exchange(nullptr, std::memory_order_seq_cst)) c->target_destroyed();
+    }
+
+protected:
     // Destroys the callable and filter (Node<Sig> knows their types).
     virtual void destroy_target() noexcept = 0;
 };

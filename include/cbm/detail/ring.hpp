@@ -5,8 +5,6 @@
 // synchronisation: the owner's lock protects a ring.
 #pragma once
 
-#include <utility>
-
 namespace cbm::detail {
 
 template <class T>
@@ -39,23 +37,6 @@ T* ring_pop_front(T*& head) noexcept {
     T* item = head;
     if (item != nullptr) ring_unlink(head, item);
     return item;
-}
-
-// Appends all of `other` to `head` (both rings; `other` becomes empty).
-template <class T>
-void ring_splice(T*& head, T*& other) noexcept {
-    if (other == nullptr) return;
-    if (head == nullptr) {
-        head = std::exchange(other, nullptr);
-        return;
-    }
-    T* head_tail = head->prev;
-    T* other_tail = other->prev;
-    head_tail->next = other;
-    other->prev = head_tail;
-    other_tail->next = head;
-    head->prev = other_tail;
-    other = nullptr;
 }
 
 }  // namespace cbm::detail
