@@ -257,6 +257,30 @@ TEST_CASE("cancel of a parent returns while another thread's cancellation of a c
     REQUIRE(parent.canceled());
 }
 
+TEST_CASE("a cancel that finds its context being canceled by another thread returns only once every descendant's "
+          "err() is set",
+          "[context][race]") {
+    int early_returns = 0;
+    for (int round = 0; round < 10; ++round) {
+        auto [root, cancel_root] = cbm::with_cancel({});
+        std::vector<Context> children;
+        for (int i = 0; i < 50'000; ++i) children.push_back(cbm::with_cancel(root).first);
+        std::atomic<bool> go{false};
+        std::thread other([&go, cancel_root = cancel_root] {
+            while (!go.load()) {
+            }
+            cancel_root();
+        });
+        go.store(true);
+        while (!root.canceled()) {
+        }
+        cancel_root();  // the other thread's call is the one that cancels
+        if (!children.back().canceled()) ++early_returns;
+        other.join();
+    }
+    REQUIRE(early_returns == 0);
+}
+
 TEST_CASE("a stop_callback that waits for a worker which itself calls cancel() completes (no deadlock)",
           "[context][race]") {
     for (int round = 0; round < 200; ++round) {

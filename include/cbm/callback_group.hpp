@@ -128,6 +128,14 @@ public:
     // remove. A handler that throws stops nothing.
     void set_dead_letter_handler(DeadLetterHandler handler) { core_.set_dead_letter_handler(std::move(handler)); }
 
+    // Effect: `handler` is told of every transition of a callback's circuit
+    // breaker (CircuitChange: key "", name, the state entered: open,
+    // half_open, closed), on the thread that made it. Pass {} to remove. A
+    // handler that throws stops nothing.
+    void set_circuit_change_handler(CircuitChangeHandler handler) {
+        core_.set_circuit_change_handler(std::move(handler));
+    }
+
     // Effect: `observer` is told about every invocation from now on (null
     // removes it). Observers set before stay alive until the group goes, as
     // a trigger may still be calling one.

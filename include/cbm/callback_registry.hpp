@@ -169,6 +169,12 @@ public:
     // the key as text (see metrics()).
     void set_dead_letter_handler(DeadLetterHandler handler) { core_.set_dead_letter_handler(std::move(handler)); }
 
+    // Effect: as CallbackGroup::set_circuit_change_handler; CircuitChange::key
+    // is the key as text.
+    void set_circuit_change_handler(CircuitChangeHandler handler) {
+        core_.set_circuit_change_handler(std::move(handler));
+    }
+
     // Effect: as CallbackGroup::set_observer.
     void set_observer(std::shared_ptr<CallbackObserver> observer) {
         core_.set_observer(std::move(observer));

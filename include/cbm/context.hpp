@@ -35,11 +35,15 @@
 //     the Context while a std::stop_callback relies on it.
 //   * cancel() never waits for user code on another thread. The call that
 //     cancels a context returns once err() is set on every descendant and
-//     the std::stop_callbacks of the nodes it reached have run; a call that
-//     finds the context canceled already returns at once. Where another
-//     thread's cancellation reached a descendant first, that thread runs the
-//     descendant's stop_callbacks (this call waits, at most, for its brief
-//     bookkeeping, never for a callback).
+//     the std::stop_callbacks of the nodes it reached have run. A call that
+//     finds the context (or a descendant) canceled by another thread
+//     returns as soon as that cancellation's bookkeeping has set err() on
+//     the descendants: a brief wait for a few mutexes, never for a
+//     stop_callback, which that other thread runs.
+//   * A callback bound with {.context = ctx} keeps ctx, and so its
+//     ancestors and their values, alive while it is registered: a value
+//     that owns the group would keep itself alive (cancel or unregister to
+//     break it), as a callable that captures its own group would.
 //   * Deadlines use std::chrono::steady_clock and one shared timer thread for
 //     the whole process, started on first use (detail/services.hpp).
 //
@@ -161,16 +165,27 @@ public:
     template <class Rep, class Period>
     bool wait_for(const std::chrono::duration<Rep, Period>& timeout) const;
 
-    // Blocks until this context is canceled or `time` is reached (any clock).
+    // Blocks until this context is canceled or `time` is reached (any clock;
+    // read once, on entry, and waited for on the steady clock).
     // Returns: true if canceled.
+    // A time too far ahead for the steady clock waits as wait() does (and
+    // throws like it for a context that can never be canceled); the
+    // arithmetic saturates, whatever the clock and duration types.
     template <class Clock, class Duration>
     bool wait_until(const std::chrono::time_point<Clock, Duration>& time) const {
         std::stop_token token = done();
         if (token.stop_requested()) return true;
+        using Wide = std::chrono::duration<long double, std::nano>;
+        const detail::steady_time until =
+            detail::deadline_after(Wide(time.time_since_epoch()) - Wide(Clock::now().time_since_epoch()));
+        if (until == detail::kNoDeadline) {
+            wait();
+            return true;
+        }
         std::mutex mutex;
         std::condition_variable_any woken;
         std::unique_lock<std::mutex> lock(mutex);
-        woken.wait_until(lock, token, time, [&token] { return token.stop_requested(); });
+        woken.wait_until(lock, token, until, [&token] { return token.stop_requested(); });
         // Not the call's result: libstdc++ 12 returns false when the stop
         // request lands between its predicate check and its wait.
         return token.stop_requested();
@@ -230,11 +245,12 @@ public:
     CancelFunc() noexcept = default;  // does nothing when called
 
     // Effect: cancels the context with errc::canceled, unless it was
-    // canceled already (then returns at once). Idempotent and thread-safe.
-    // err() of every descendant is set before it returns. Never waits for
-    // user code on other threads (takes each affected context's mutex
-    // briefly); std::stop_callbacks registered on the tokens of the contexts
-    // this call cancels run inline, on this thread.
+    // canceled already. Idempotent and thread-safe. err() of every
+    // descendant is set before it returns. Never waits for user code on
+    // other threads (takes each affected context's mutex briefly, and waits
+    // at most for another cancellation's bookkeeping); std::stop_callbacks
+    // registered on the tokens of the contexts this call cancels run inline,
+    // on this thread.
     void operator()() const noexcept {
         cancel(nullptr);
     }

@@ -1,6 +1,7 @@
 // cbm/error_policy.hpp - what trigger() does when a callback throws, and what
 // it reports: Failure per exception, TriggerResult per trigger, DeadLetter per
-// invocation that failed for good (after its retries; see resilience.hpp).
+// invocation that failed for good (after its retries; see resilience.hpp),
+// CircuitChange per circuit breaker transition.
 #pragma once
 
 #include <cstddef>
@@ -40,8 +41,12 @@ struct TriggerResult {
     bool stopped = false;     // cut short by ErrorPolicy::stop, a stop token or a context
     std::vector<Failure> failures;  // one entry per failure, in call order
 
-    // True when nothing failed.
-    bool ok() const noexcept { return failed == 0; }
+    // True when everything ran that should have and nothing failed: no
+    // callback or filter threw, and the trigger was not cut short (by
+    // ErrorPolicy::stop, a stop token, or its context's cancellation or
+    // deadline). Callbacks skipped by their own filter or an open circuit
+    // do not make a trigger not ok.
+    bool ok() const noexcept { return failed == 0 && !stopped; }
 };
 
 // A callback invocation that failed for good.
@@ -52,5 +57,33 @@ struct DeadLetter {
     std::uint32_t attempts;
 };
 using DeadLetterHandler = std::function<void(const DeadLetter&)>;
+
+// Where a circuit breaker is.
+enum class CircuitState : std::uint8_t {
+    closed,     // calls run
+    open,       // calls are skipped until the cool-down has passed
+    half_open,  // one trial call runs; the others are skipped
+};
+
+inline const char* to_string(CircuitState s) noexcept {
+    switch (s) {
+        case CircuitState::closed: return "closed";
+        case CircuitState::open: return "open";
+        case CircuitState::half_open: return "half_open";
+    }
+    return "?";
+}
+
+// One transition of a callback's circuit breaker, reported to the handler
+// set with set_circuit_change_handler(): on the triggering thread that made
+// the transition, right after it, with no cbm lock held. Transitions made
+// by different threads may reach the handler out of order; each reports
+// the state it entered.
+struct CircuitChange {
+    std::string_view key;   // the registry key as text ("" for a group)
+    std::string_view name;  // CallbackOptions::name
+    CircuitState state;     // the state entered
+};
+using CircuitChangeHandler = std::function<void(const CircuitChange&)>;
 
 }  // namespace cbm

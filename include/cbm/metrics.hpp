@@ -17,6 +17,7 @@
 #include <string>
 #include <vector>
 
+#include "error_policy.hpp"
 #include "histogram.hpp"
 #include "observer.hpp"
 
@@ -34,7 +35,8 @@ struct CallbackMetrics {
     std::uint64_t skipped_circuit_open = 0;  // skipped while its circuit breaker was open
     std::uint64_t timed_out = 0;         // attempts that overran CallbackOptions::timeout
     std::uint64_t retries = 0;           // attempts after the first
-    bool circuit_open = false;           // its circuit breaker is open now
+    bool circuit_open = false;           // its circuit breaker is not closed now (open or half open)
+    CircuitState circuit = CircuitState::closed;  // where its circuit breaker is now
     HistogramSnapshot latency_ns;        // sampled invocations
 };
 

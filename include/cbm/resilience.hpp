@@ -18,8 +18,15 @@
 //   or the callback is unregistered (a `once` callback's attempts all run in
 //   the one invocation that claimed it).
 // * circuit breaker: after `failures` consecutive failed invocations (each
-//   after its retries) the callback is skipped for `cool_down`; then one
-//   trial invocation closes the circuit (success) or opens it again.
+//   after its retries) the circuit opens and the callback is skipped for
+//   `cool_down`; then exactly one trial invocation (half-open) closes the
+//   circuit (success) or opens it again. The transitions are linearizable
+//   (one atomic word): a trigger that saw the circuit open can no longer
+//   claim a trial once another trial has closed it. Each transition is
+//   reported to the circuit-change handler (CircuitChange, in
+//   error_policy.hpp with the other reports).
+// * time arithmetic saturates: a cool-down, backoff or timeout too large for
+//   the clock means "as long as the clock can count", never an overflow.
 // * dead letter: every invocation that fails for good (after its retries)
 //   reaches the group's or registry's dead-letter handler, with the key,
 //   the callback's name, the error and the number of attempts (DeadLetter and
@@ -47,6 +54,7 @@ struct CircuitBreakerOptions {
     std::uint32_t failures = 0;  // consecutive failures that open the circuit (0: no breaker)
     std::chrono::nanoseconds cool_down = std::chrono::seconds(1);
 };
+
 
 // Time for timeouts, backoff and cool-downs. The default is the steady clock
 // and real waiting; tests inject a clock that advances by hand.

@@ -23,12 +23,13 @@
 //     stop_source (running std::stop_callbacks), remove its timer, fire its
 //     listeners. Last, unlink the root from its parent.
 //   * cancel() never waits for user code on another thread. A call that
-//     finds the root canceled returns at once (Go). A call that finds a
-//     descendant marked first by another call waits only for that call's
-//     phase 1 to reach the descendant's subtree, which runs no user code:
-//     so when the cancelling call returns, err() of every descendant is set.
-//     (Their stop_callbacks may still be running on that other thread.)
-//     Waits only ever point down the tree, so they form no cycle.
+//     finds a node (the root or a descendant) marked first by another call
+//     waits only for that call's phase 1 to reach the node's subtree, which
+//     runs no user code (as Go's second cancel waits for the first one's
+//     mutex): so when any cancel returns, err() of every descendant is set.
+//     (Their stop_callbacks may still be running on that other thread.) A
+//     call nested in a stop_callback finds phase 1 long finished. Waits only
+//     ever point down the tree, so they form no cycle.
 //
 // Memory ordering: everything a node's cancellation changes is written under
 // the node's mutex, and `err` is stored last with release. Readers that load
@@ -328,19 +329,22 @@ inline void wait_settled(CancelNode* n) noexcept {
 }
 
 // Effect: cancels `root` and every descendant with (code, cause), unless
-// `root` was canceled before: then returns at once (Go's CancelFunc). Last,
-// unlinks `root` from its parent. The caller holds a reference to `root`.
+// `root` was canceled before. Last, unlinks `root` from its parent. The
+// caller holds a reference to `root`.
 // Returns: true if this call canceled `root`.
-// Postcondition: when it returns true, err() of `root` and of every
-// descendant is set, and the stop_callbacks and listeners of every node this
-// call marked have run (here, with no lock held). Nodes another call marked
-// first get theirs from that call.
+// Postcondition: err() of `root` and of every descendant is set; when it
+// returns true, the stop_callbacks and listeners of every node this call
+// marked have run (here, with no lock held). Nodes another call marked first
+// get theirs from that call.
 // Blocking: never waits for user code on another thread (see the top).
 inline bool cancel_tree(CancelNode* root, std::uint8_t code, const std::exception_ptr& cause) noexcept {
     CancelNode* work = nullptr;    // to mark; each with a reference
     CancelNode* marked = nullptr;  // marked by this call, root excluded, in order
     CancelNode* others = nullptr;  // marked first by another call
-    if (!mark_canceled(root, code, cause, work)) return false;
+    if (!mark_canceled(root, code, cause, work)) {
+        wait_settled(root);  // its canceller's bookkeeping only
+        return false;
+    }
     while (CancelNode* child = ring_pop_front(work)) {
         if (mark_canceled(child, code, cause, work)) {
             ring_push_back(marked, child);

@@ -16,15 +16,19 @@
 namespace cbm::detail {
 
 // Records one exception (from the callback, or from its filter when
-// `in_filter`) and reports it to the group's error handler. A callback's
-// failure (not its filter's) is final - after its retries - and also goes to
-// the dead-letter handler, with `attempts`. Handlers that throw stop
-// nothing. Returns true when the error policy says to stop the trigger.
-// Kept out of line: the trigger loop stays small.
+// `in_filter`), counts it in the callback's `failed` metric and reports it
+// to the group's error handler. A callback's failure (not its filter's) is
+// final - after its retries, a timeout overrun included - and also goes to
+// the dead-letter handler, with `attempts`. So failures_total, the error
+// handler and (without filters) the dead-letter handler see the same
+// failures. Handlers that throw stop nothing. Returns true when the error
+// policy says to stop the trigger. Kept out of line: the trigger loop stays
+// small.
 [[gnu::noinline]] inline bool report_failure(TriggerResult& result, GroupState& group, const CallbackList& list,
                                              const NodeBase& node, std::exception_ptr error, bool in_filter,
                                              std::uint32_t attempts = 1) noexcept {
     ++result.failed;
+    if (node.stats != nullptr) node.stats->failed.fetch_add(1, std::memory_order_relaxed);
     try {
         result.failures.push_back(Failure{node.name, error, in_filter});
         if (auto handler = group.error_handler(); handler && *handler) (*handler)(result.failures.back());

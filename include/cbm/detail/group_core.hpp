@@ -190,6 +190,9 @@ public:
     }
     void set_error_handler(ErrorHandler handler) { state_->set_error_handler(std::move(handler)); }
     void set_dead_letter_handler(DeadLetterHandler handler) { state_->set_dead_letter_handler(std::move(handler)); }
+    void set_circuit_change_handler(CircuitChangeHandler handler) {
+        state_->set_circuit_change_handler(std::move(handler));
+    }
     ErrorPolicy error_policy() const noexcept { return state_->policy; }
 
 private:
@@ -213,7 +216,8 @@ private:
         m.skipped_circuit_open = s.skipped_circuit_open.load(std::memory_order_relaxed);
         m.timed_out = s.timed_out.load(std::memory_order_relaxed);
         m.retries = s.retries.load(std::memory_order_relaxed);
-        m.circuit_open = n.resilience != nullptr && n.resilience->circuit_open();
+        m.circuit = n.resilience != nullptr ? n.resilience->circuit_state() : CircuitState::closed;
+        m.circuit_open = m.circuit != CircuitState::closed;
         m.latency_ns = s.latency.snapshot();
         return m;
     }

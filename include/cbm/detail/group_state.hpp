@@ -76,6 +76,8 @@ struct GroupState {
     void set_dead_letter_handler(DeadLetterHandler h) { replace_locked(dead_letter_, std::move(h)); }
     std::shared_ptr<const ErrorHandler> error_handler() { return read_locked(error_handler_); }
     void set_error_handler(ErrorHandler h) { replace_locked(error_handler_, std::move(h)); }
+    std::shared_ptr<const CircuitChangeHandler> circuit_change_handler() { return read_locked(circuit_change_); }
+    void set_circuit_change_handler(CircuitChangeHandler h) { replace_locked(circuit_change_, std::move(h)); }
 
 private:
     ~GroupState() = default;
@@ -99,6 +101,7 @@ private:
     std::mutex handler_mutex_;
     std::shared_ptr<const ErrorHandler> error_handler_;        // under handler_mutex_
     std::shared_ptr<const DeadLetterHandler> dead_letter_;     // under handler_mutex_
+    std::shared_ptr<const CircuitChangeHandler> circuit_change_;  // under handler_mutex_
     std::vector<std::shared_ptr<CallbackObserver>> observers_; // under handler_mutex_: every one ever set
 };
 

@@ -17,12 +17,12 @@ namespace cbm::detail {
 
 // An invocation counted, not timed: the trigger loop's inline path for
 // instrumented callbacks, and the core of invoke_instrumented. Returns and
-// stores as invoke_captured does.
+// stores as invoke_captured does. A failure is counted where it is
+// reported (failure.hpp), once per invocation, after its retries.
 template <class Signature, class... A>
 [[gnu::always_inline]] inline bool invoke_counted(const Node<Signature>& node, std::uint32_t thread_index, std::exception_ptr& error,
                            A&... args) {
     const bool returned = invoke_captured(node, error, args...);
-    if (!returned) CallbackStats::bump(node.stats->failed);
     node.stats->invoked.add_from(thread_index);
     return returned;
 }

@@ -53,7 +53,6 @@ bool passes_filter(const Node<Signature>& node, const PipelineContext& p, Outcom
     try {
         selected = node.filter(args...);
     } catch (...) {
-        if (node.stats != nullptr) CallbackStats::bump(node.stats->failed);
         outcome = report_failure(p.result, p.group, p.list, node, std::current_exception(), true)
                       ? Outcome::stop_in_filter
                       : Outcome::failed_filter;
@@ -79,7 +78,7 @@ template <class Signature, class... A>
 std::exception_ptr run_claimed(const Node<Signature>& node, const PipelineContext& p, std::uint32_t& attempts,
                                bool& circuit_open, A&... args) {
     if (node.resilience != nullptr) {
-        return run_resilient(node, p.group, p.thread_index, p.sampled, attempts, circuit_open, args...);
+        return run_resilient(node, p.group, p.list, p.thread_index, p.sampled, attempts, circuit_open, args...);
     }
     return invoke_instrumented(node, p.group, p.thread_index, p.sampled, args...);
 }

@@ -8,10 +8,13 @@
 #include <atomic>
 #include <cstdint>
 #include <exception>
+#include <optional>
+#include <string>
 #include <system_error>
 
 #include "../context.hpp"
 #include "../errc.hpp"
+#include "callback_list.hpp"
 #include "callback_stats.hpp"
 #include "group_state.hpp"
 #include "instrument.hpp"
@@ -23,34 +26,75 @@ namespace cbm::detail {
 // How the circuit breaker lets one invocation through.
 enum class Admission : std::uint8_t { closed, trial, refused };
 
-// Breaker, before the invocation: closed circuits admit; an open one refuses
-// until its cool-down has passed, then admits exactly one trial.
+// Breaker, before the invocation: a closed circuit admits; an open one
+// refuses until its cool-down has passed, then the one trigger whose
+// compare-exchange moves it from that open value to half-open runs the
+// trial. A trigger that lost the race sees the new state and decides again
+// (closed once a trial closed it, refused while one runs or it reopened).
 inline Admission admit(Resilience& r, ResilienceClock& clock) noexcept {
     if (r.breaker.failures == 0) return Admission::closed;
-    const std::int64_t until = r.open_until.load(std::memory_order_acquire);
-    if (until == 0) return Admission::closed;
-    if (ticks(clock.now()) < until || r.trial.exchange(true, std::memory_order_acq_rel)) return Admission::refused;
-    return Admission::trial;  // half-open: this invocation decides
+    std::int64_t seen = r.circuit.load(std::memory_order_acquire);
+    for (;;) {
+        if (seen == kCircuitClosed) return Admission::closed;
+        if (seen == kHalfOpen || clock.now().time_since_epoch().count() < seen) return Admission::refused;
+        if (r.circuit.compare_exchange_weak(seen, kHalfOpen, std::memory_order_acq_rel, std::memory_order_acquire)) {
+            return Admission::trial;
+        }
+    }
 }
 
 // Breaker, after the invocation (after its retries): `failed` or not.
-inline void record_outcome(Resilience& r, ResilienceClock& clock, Admission admission, bool failed) noexcept {
-    if (r.breaker.failures == 0) return;
-    const bool trial = admission == Admission::trial;
-    if (failed) {
-        const std::uint32_t failures = r.consecutive_failures.fetch_add(1, std::memory_order_acq_rel) + 1;
-        if (trial || failures >= r.breaker.failures) {
-            r.open_until.store(ticks(clock.now() + r.breaker.cool_down), std::memory_order_release);
+// Returns the state the circuit entered, if this call moved it.
+inline std::optional<CircuitState> record_outcome(Resilience& r, ResilienceClock& clock, Admission admission,
+                                                  bool failed) noexcept {
+    if (r.breaker.failures == 0) return std::nullopt;
+    if (admission == Admission::trial) {
+        // Only the trial moves the circuit off half-open.
+        if (failed) {
+            r.circuit.store(open_until_tick(clock.now(), r.breaker.cool_down), std::memory_order_release);
+            return CircuitState::open;
         }
-    } else {
         r.consecutive_failures.store(0, std::memory_order_relaxed);
-        if (trial || r.open_until.load(std::memory_order_relaxed) != 0) r.open_until.store(0, std::memory_order_release);
+        r.circuit.store(kCircuitClosed, std::memory_order_release);
+        return CircuitState::closed;
     }
-    if (trial) r.trial.store(false, std::memory_order_release);
+    // Admitted while closed. A success only resets the count: the circuit
+    // may have opened meanwhile, and then only a trial closes it.
+    if (!failed) {
+        r.consecutive_failures.store(0, std::memory_order_relaxed);
+        return std::nullopt;
+    }
+    const std::uint32_t failures = r.consecutive_failures.fetch_add(1, std::memory_order_acq_rel) + 1;
+    if (failures < r.breaker.failures) return std::nullopt;
+    std::int64_t expected = kCircuitClosed;
+    if (!r.circuit.compare_exchange_strong(expected, open_until_tick(clock.now(), r.breaker.cool_down),
+                                           std::memory_order_acq_rel, std::memory_order_relaxed)) {
+        return std::nullopt;  // opened already, by another failure or a trial
+    }
+    r.consecutive_failures.store(0, std::memory_order_relaxed);
+    return CircuitState::open;
+}
+
+// Reports a transition to the group's circuit-change handler (no lock held;
+// a handler that throws stops nothing).
+inline void report_circuit_change(GroupState& group, const CallbackList& list, const NodeBase& node,
+                                  CircuitState entered) noexcept {
+    try {
+        if (auto handler = group.circuit_change_handler(); handler && *handler) {
+            const std::string key = list.key_text();
+            (*handler)(CircuitChange{key, node.name, entered});
+        }
+    } catch (...) {
+        // As for the other handlers: reporting never stops a trigger.
+    }
 }
 
 // One attempt of a callback with a timeout: under a child context with that
-// deadline; an overrun (by the group's clock) is a deadline_exceeded failure.
+// deadline; an overrun of its own timeout (by the group's clock) is a
+// deadline_exceeded failure. The trigger's context can end sooner: then the
+// child inherits that earlier deadline, and its expiry is the trigger's
+// context stopping the trigger (trigger_loop.hpp), not this callback's
+// overrun.
 template <class Signature, class... A>
 std::exception_ptr attempt_with_timeout(const Node<Signature>& node, GroupState& group, std::uint32_t thread_index,
                                         bool sampled, A&... args) {
@@ -60,11 +104,16 @@ std::exception_ptr attempt_with_timeout(const Node<Signature>& node, GroupState&
     std::exception_ptr error;
     bool overran = false;
     try {
-        auto [child, cancel] = with_timeout(current_context(), r.timeout);
+        const Context& outer = current_context();
+        auto [child, cancel] = with_timeout(outer, r.timeout);
+        // with_timeout gives the child a deadline of its own only when it
+        // comes before the outer one; otherwise the child's is inherited.
+        const bool own_deadline = child.deadline() != outer.deadline();
         const ContextScope scope(child);
         const auto start = clock.now();
         error = invoke_instrumented(node, group, thread_index, sampled, args...);
-        overran = clock.now() - start > r.timeout || child.err() == errc::deadline_exceeded;
+        overran = clock.now() - start > r.timeout ||
+                  (own_deadline && child.err() == errc::deadline_exceeded && !outer.canceled());
         cancel();
     } catch (...) {
         return std::current_exception();  // the child context could not be made
@@ -79,12 +128,13 @@ std::exception_ptr attempt_with_timeout(const Node<Signature>& node, GroupState&
     return error;
 }
 
-// Timeout, retries and the circuit breaker around one invocation.
-// Returns the final error (null on success) and sets `attempts`; sets
-// `skipped` (running nothing) while the circuit is open.
+// Timeout, retries and the circuit breaker around one invocation of `node`
+// (of `list`). Returns the final error (null on success) and sets
+// `attempts`; sets `skipped` (running nothing) while the circuit is open.
 template <class Signature, class... A>
-std::exception_ptr run_resilient(const Node<Signature>& node, GroupState& group, std::uint32_t thread_index,
-                                 bool sampled, std::uint32_t& attempts, bool& skipped, A&... args) {
+std::exception_ptr run_resilient(const Node<Signature>& node, GroupState& group, const CallbackList& list,
+                                 std::uint32_t thread_index, bool sampled, std::uint32_t& attempts, bool& skipped,
+                                 A&... args) {
     Resilience& r = *node.resilience;
     ResilienceClock& clock = clock_of(group);
     const Admission admission = admit(r, clock);
@@ -93,6 +143,7 @@ std::exception_ptr run_resilient(const Node<Signature>& node, GroupState& group,
         skipped = true;
         return nullptr;
     }
+    if (admission == Admission::trial) report_circuit_change(group, list, node, CircuitState::half_open);
     const Context& trigger_context = current_context();
     // No attempt starts once the callback is unregistered, by any path. A
     // `once` callback is unregistered by its own claim: its attempts all run
@@ -113,7 +164,9 @@ std::exception_ptr run_resilient(const Node<Signature>& node, GroupState& group,
         if (!waited || !may_retry()) break;
         if (node.stats != nullptr) CallbackStats::bump(node.stats->retries);
     }
-    record_outcome(r, clock, admission, static_cast<bool>(error));
+    if (const std::optional<CircuitState> entered = record_outcome(r, clock, admission, static_cast<bool>(error))) {
+        report_circuit_change(group, list, node, *entered);
+    }
     return error;
 }
 
