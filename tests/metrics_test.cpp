@@ -134,12 +134,14 @@ TEST_CASE("to_prometheus renders the text format line by line, escaping label va
     m.retries = 6;
     m.circuit_open = true;
     m.latency_ns = latency.snapshot();
+    m.registered = 1;
     const std::string labels = R"({key="order\"created",callback="ship\\it",team="pay\nments")";
     const std::vector<std::string> expected = {
         "# HELP cbm_callback_invocations_total Callback invocations started.",
         "# TYPE cbm_callback_invocations_total counter",
         "cbm_callback_invocations_total" + labels + "} 7",
-        "# HELP cbm_callback_failures_total Callback invocations (or filters) that threw.",
+        "# HELP cbm_callback_failures_total Failures reported to the error handler: invocations that threw or "
+        "overran their timeout (after retries), and filters that threw.",
         "# TYPE cbm_callback_failures_total counter",
         "cbm_callback_failures_total" + labels + "} 2",
         "# HELP cbm_callback_skips_total Callbacks not run by a trigger, by reason.",
@@ -153,19 +155,34 @@ TEST_CASE("to_prometheus renders the text format line by line, escaping label va
         "# HELP cbm_callback_retries_total Callback attempts after the first.",
         "# TYPE cbm_callback_retries_total counter",
         "cbm_callback_retries_total" + labels + "} 6",
-        "# HELP cbm_callback_circuit_open 1 while the callback's circuit breaker is open.",
+        "# HELP cbm_callback_slow_calls_total Invocations longer than the callback's slow threshold (exact).",
+        "# TYPE cbm_callback_slow_calls_total counter",
+        "# HELP cbm_callback_slow_threshold_seconds The callback's slow threshold.",
+        "# TYPE cbm_callback_slow_threshold_seconds gauge",
+        "# HELP cbm_callback_registered Callbacks of this series registered now (0: kept after they were "
+        "unregistered).",
+        "# TYPE cbm_callback_registered gauge",
+        "cbm_callback_registered" + labels + "} 1",
+        "# HELP cbm_callback_circuit_open 1 while the callback's circuit breaker is open or half open.",
         "# TYPE cbm_callback_circuit_open gauge",
         "cbm_callback_circuit_open" + labels + "} 1",
-        "# HELP cbm_callback_latency_seconds Sampled callback latency.",
+        "# HELP cbm_callback_latency_seconds Callback latency: of every invocation (sampled=\"false\") or of one "
+        "in latency_sample_every per thread (sampled=\"true\").",
         "# TYPE cbm_callback_latency_seconds summary",
-        "cbm_callback_latency_seconds" + labels + R"(,quantile="0.5"} 1e-06)",
-        "cbm_callback_latency_seconds" + labels + R"(,quantile="0.95"} 1e-06)",
-        "cbm_callback_latency_seconds" + labels + R"(,quantile="0.99"} 1e-06)",
-        "cbm_callback_latency_seconds_sum" + labels + "} 3e-06",
-        "cbm_callback_latency_seconds_count" + labels + "} 3",
-        "# HELP cbm_callback_latency_max_seconds Largest sampled callback latency.",
+        "cbm_callback_latency_seconds" + labels + R"(,sampled="true",quantile="0.5"} 1e-06)",
+        "cbm_callback_latency_seconds" + labels + R"(,sampled="true",quantile="0.95"} 1e-06)",
+        "cbm_callback_latency_seconds" + labels + R"(,sampled="true",quantile="0.99"} 1e-06)",
+        "cbm_callback_latency_seconds_sum" + labels + R"(,sampled="true"} 3e-06)",
+        "cbm_callback_latency_seconds_count" + labels + R"(,sampled="true"} 3)",
+        "# HELP cbm_callback_latency_max_seconds Largest callback latency (every invocation timed).",
         "# TYPE cbm_callback_latency_max_seconds gauge",
-        "cbm_callback_latency_max_seconds" + labels + "} 1e-06",
+        "# HELP cbm_callback_latency_sampled_max_seconds Largest latency among the sampled invocations (not the "
+        "true maximum).",
+        "# TYPE cbm_callback_latency_sampled_max_seconds gauge",
+        "cbm_callback_latency_sampled_max_seconds" + labels + "} 1e-06",
+        "# HELP cbm_callback_series_dropped_total Series of unregistered callbacks dropped past the retention limit.",
+        "# TYPE cbm_callback_series_dropped_total counter",
+        "cbm_callback_series_dropped_total 0",
     };
     REQUIRE(lines_of(cbm::to_prometheus(MetricsSnapshot{{m}})) == expected);
 }
@@ -247,4 +264,146 @@ TEST_CASE("by_key sums the callbacks of each key and merges their latency", "[me
     REQUIRE(totals[0].labels == cbm::Labels{{"team", "x"}});  // only the shared label
     REQUIRE(totals[1].key == "b");
     REQUIRE(totals[1].invoked == 1);
+}
+
+namespace {
+
+// Keeps the thread busy (not asleep) for at least `d` by the steady clock:
+// a call that surely takes longer than `d`.
+void busy_for(std::chrono::nanoseconds d) {
+    const auto until = std::chrono::steady_clock::now() + d;
+    while (std::chrono::steady_clock::now() < until) {
+    }
+}
+
+}  // namespace
+
+TEST_CASE("every invocation of a callback with a timeout is timed, so the slow call is in the max and the p99",
+          "[metrics][latency]") {
+    CallbackGroup<void(int)> group(GroupOptions{.metrics = true});  // samples 1 in 64 otherwise
+    group.add([](int i) {
+        if (i % 50 == 49) busy_for(std::chrono::milliseconds(2));
+    }, {.name = "guarded", .timeout = std::chrono::seconds(10)});
+    group.add([](int) {}, {.name = "plain"});
+    for (int i = 0; i < 136; ++i) group.trigger(i);
+    const MetricsSnapshot s = group.metrics();
+    const CallbackMetrics* guarded = find(s, "guarded");
+    REQUIRE(guarded->latency_ns.count() == 136);
+    REQUIRE_FALSE(guarded->latency_sampled);
+    REQUIRE(guarded->latency_ns.max() >= 2'000'000);
+    REQUIRE(guarded->latency_ns.percentile(99) >= 1'900'000);  // 2 of 136 calls are slow; p99 is one of them
+    // Without resilience the latency stays sampled, and says so.
+    const CallbackMetrics* plain = find(s, "plain");
+    REQUIRE(plain->latency_sampled);
+    REQUIRE(plain->latency_ns.count() < 136);
+    const std::string text = cbm::to_prometheus(s);
+    REQUIRE(text.find(R"(cbm_callback_latency_max_seconds{key="",callback="guarded"})") != std::string::npos);
+    REQUIRE(text.find(R"(cbm_callback_latency_sampled_max_seconds{key="",callback="plain"})") != std::string::npos);
+    REQUIRE(text.find(R"(cbm_callback_latency_max_seconds{key="",callback="plain"})") == std::string::npos);
+}
+
+TEST_CASE("a slow_threshold counts every invocation above it exactly, and needs metrics", "[metrics][latency]") {
+    CallbackGroup<void(int)> group(GroupOptions{.metrics = true});
+    group.add([](int i) {
+        if (i % 40 == 0) busy_for(std::chrono::milliseconds(25));
+    }, {.name = "watched", .slow_threshold = std::chrono::milliseconds(20)});
+    for (int i = 0; i < 120; ++i) group.trigger(i);  // calls 0, 40 and 80 are slow
+    const CallbackMetrics m = group.metrics().callbacks[0];
+    REQUIRE(m.slow >= 3);  // the three (a preempted fast call could add one; none is missed)
+    REQUIRE(m.latency_ns.count() == 120);
+    REQUIRE(m.slow_threshold == std::chrono::milliseconds(20));
+    REQUIRE(cbm::to_prometheus(group.metrics()).find(R"(cbm_callback_slow_calls_total{key="",callback="watched"} )") !=
+            std::string::npos);
+
+    CallbackGroup<void()> plain;
+    REQUIRE_THROWS_AS(plain.add([] {}, {.slow_threshold = std::chrono::milliseconds(1)}), std::logic_error);
+    REQUIRE_THROWS_AS(group.add([](int) {}, {.slow_threshold = std::chrono::milliseconds(-1)}), std::invalid_argument);
+    REQUIRE(plain.empty());
+}
+
+TEST_CASE("the series of an unregistered callback stays, and continues when one with its key and name comes back",
+          "[metrics][retention]") {
+    cbm::CallbackRegistry<std::string, void()> registry(GroupOptions{.metrics = true});
+    cbm::Registration audit = registry.add("orders", [] {}, {.name = "audit"});
+    registry.add("orders", [] {}, {.once = true, .name = "welcome"});
+    for (int i = 0; i < 5; ++i) registry.trigger("orders");
+    audit.unregister();
+    MetricsSnapshot s = registry.metrics();
+    REQUIRE(s.callbacks.size() == 2);
+    REQUIRE(find(s, "audit")->invoked == 5);
+    REQUIRE(find(s, "audit")->registered == 0);
+    REQUIRE(find(s, "welcome")->invoked == 1);  // `once`: used up, still reported
+    REQUIRE(find(s, "welcome")->registered == 0);
+
+    audit = registry.add("orders", [] {}, {.name = "audit"});
+    registry.trigger("orders");
+    registry.trigger("orders");
+    s = registry.metrics();
+    REQUIRE(s.callbacks.size() == 2);
+    REQUIRE(find(s, "audit")->invoked == 7);  // the same series, no reset
+    REQUIRE(find(s, "audit")->registered == 1);
+
+    registry.erase("orders");
+    REQUIRE(find(registry.metrics(), "audit")->invoked == 7);
+    registry.clear();
+    REQUIRE(registry.metrics().callbacks.size() == 2);
+}
+
+TEST_CASE("kept series are bounded: past metrics_retention the oldest go, and are counted", "[metrics][retention]") {
+    CallbackGroup<void()> group(GroupOptions{.metrics = true, .metrics_retention = 10});
+    cbm::Registration live = group.add([] {}, {.name = "live"});
+    for (int i = 0; i < 25; ++i) {
+        cbm::Registration r = group.add([] {}, {.name = "transient " + std::to_string(i)});
+        group.trigger();
+        r.unregister();
+    }
+    const MetricsSnapshot s = group.metrics();
+    REQUIRE(s.callbacks.size() == 11);  // the live one and the 10 newest kept
+    REQUIRE(s.dropped_series == 15);
+    REQUIRE(find(s, "live")->invoked == 25);
+    REQUIRE(find(s, "transient 14") == nullptr);
+    REQUIRE(find(s, "transient 15")->invoked == 1);
+    REQUIRE(cbm::to_prometheus(s).find("cbm_callback_series_dropped_total 15\n") != std::string::npos);
+}
+
+TEST_CASE("unnamed callbacks are told apart by an id label; callbacks sharing a key and name share a series",
+          "[metrics][prometheus]") {
+    cbm::CallbackRegistry<std::string, void()> registry(GroupOptions{.metrics = true});
+    registry.add("k", [] {});
+    registry.add("k", [] {});
+    registry.add("k", [] {}, {.name = "twin"});
+    registry.add("k", [] {}, {.name = "twin"});
+    registry.trigger("k");
+    const MetricsSnapshot s = registry.metrics();
+    REQUIRE(s.callbacks.size() == 3);
+    REQUIRE(s.callbacks[0].id != s.callbacks[1].id);
+    REQUIRE(s.callbacks[0].id != 0);
+    REQUIRE(find(s, "twin")->invoked == 2);
+    REQUIRE(find(s, "twin")->registered == 2);
+    const std::string text = cbm::to_prometheus(s);
+    const std::vector<std::string> lines = lines_of(text);
+    std::vector<std::string> invocation_lines;
+    for (const std::string& line : lines) {
+        if (line.rfind("cbm_callback_invocations_total{", 0) == 0) invocation_lines.push_back(line.substr(0, line.rfind(' ')));
+    }
+    REQUIRE(invocation_lines.size() == 3);
+    std::sort(invocation_lines.begin(), invocation_lines.end());
+    REQUIRE(std::adjacent_find(invocation_lines.begin(), invocation_lines.end()) == invocation_lines.end());
+}
+
+TEST_CASE("to_prometheus writes valid UTF-8 and refuses a prefix or label name Prometheus would reject",
+          "[metrics][prometheus]") {
+    CallbackMetrics m;
+    m.key = "bad\xff key \xe2\x82";
+    m.name = "ok \xc3\xa9";
+    const std::string text = cbm::to_prometheus(MetricsSnapshot{{m}});
+    REQUIRE(text.find("key=\"bad\xef\xbf\xbd key \xef\xbf\xbd\",callback=\"ok \xc3\xa9\"") != std::string::npos);
+    REQUIRE_THROWS_AS(cbm::to_prometheus(MetricsSnapshot{}, "bad-prefix"), std::invalid_argument);
+    REQUIRE_THROWS_AS(cbm::to_prometheus(MetricsSnapshot{}, ""), std::invalid_argument);
+    REQUIRE_NOTHROW(cbm::to_prometheus(MetricsSnapshot{}, "my_app:callbacks"));
+    CallbackMetrics labelled;
+    labelled.labels = {{"id", "clash"}};
+    REQUIRE_THROWS_AS(cbm::to_prometheus(MetricsSnapshot{{labelled}}), std::invalid_argument);
+    CallbackGroup<void()> group(GroupOptions{.metrics = true});
+    REQUIRE_THROWS_AS(group.add([] {}, {.labels = {{"sampled", "x"}}}), std::invalid_argument);
 }

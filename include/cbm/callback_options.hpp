@@ -1,6 +1,6 @@
 // cbm/callback_options.hpp - cbm::CallbackOptions<Signature>: how one
 // callback is registered (priority, once, name, filter, context, labels,
-// timeout, retry, circuit breaker). The same type serves CallbackGroup and
+// timeout, retry, circuit breaker, slow threshold). The same type serves CallbackGroup and
 // CallbackRegistry (their `options_type`).
 #pragma once
 
@@ -36,6 +36,12 @@ struct CallbackOptions {
     std::chrono::nanoseconds timeout{0};
     RetryOptions retry = {};
     CircuitBreakerOptions circuit_breaker = {};
+    // Instrumented groups: time every invocation and count those that take
+    // longer than this exactly (slow_calls_total; metrics.hpp). 0: off.
+    // Costs two clock reads per invocation. add() throws
+    // std::invalid_argument for a negative threshold, or std::logic_error
+    // when the group has no metrics.
+    std::chrono::nanoseconds slow_threshold{0};
 };
 
 }  // namespace cbm

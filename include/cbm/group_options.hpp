@@ -18,10 +18,15 @@ struct GroupOptions {
     // on trigger.
     bool metrics = false;
     // Time one invocation in this many, per thread (1: every invocation).
+    // Callbacks with a timeout, a circuit breaker or a slow_threshold are
+    // timed on every invocation anyway (CallbackOptions).
     std::uint32_t latency_sample_every = 64;
     // The clock of timeouts, retry backoff and circuit cool-downs
     // (resilience.hpp); null: the steady clock. Must outlive the group.
     ResilienceClock* clock = nullptr;
+    // How many metric series of callbacks that are gone metrics() keeps
+    // reporting (metrics.hpp); past it the oldest are dropped and counted.
+    std::uint32_t metrics_retention = 1024;
 };
 
 }  // namespace cbm

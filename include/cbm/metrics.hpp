@@ -7,12 +7,25 @@
 //   ...
 //   std::string text = cbm::to_prometheus(group.metrics());
 //
-// Counts are exact. Latency is sampled: each thread times one invocation in
-// GroupOptions::latency_sample_every (every one while an observer is set),
-// and percentiles come from a log-linear histogram within 1/32 of the exact
-// sampled value (histogram.hpp).
+// One entry per metric series. A named callback's series is its (key, name,
+// labels): callbacks that share them add to one series, and a callback
+// added again under them continues it. An unnamed callback has a series of
+// its own, told apart by `id`. A series stays after its callbacks are gone
+// (registered == 0), with its counts, until the group or registry is
+// destroyed: Prometheus never sees a counter reset. At most
+// GroupOptions::metrics_retention such series are kept; the oldest go first
+// and are counted in MetricsSnapshot::dropped_series.
+//
+// Counts are exact. Latency is exact (every invocation timed) for series
+// whose first callback has a timeout, a circuit breaker or a slow_threshold,
+// and in groups with latency_sample_every == 1; otherwise it is sampled,
+// each thread timing one invocation in latency_sample_every, and the export
+// says so (latency_sampled). Percentiles come from a log-linear histogram
+// within 1/32 of the exact value (histogram.hpp). With a slow_threshold,
+// `slow` counts every invocation longer than it, exactly.
 #pragma once
 
+#include <chrono>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -27,24 +40,33 @@ namespace cbm {
 struct CallbackMetrics {
     std::string key;   // the registry key as text; empty for a group
     std::string name;  // CallbackOptions::name
+    std::uint64_t id = 0;  // an unnamed callback's series number in its group (0 when named)
     Labels labels;     // CallbackOptions::labels
+    std::uint32_t registered = 0;  // callbacks of this series registered now (0: kept after they went)
     std::uint64_t invoked = 0;           // started (its filter passed), including those that threw
-    std::uint64_t failed = 0;            // threw, in the callback or in its filter
+    // Failures as reported to the error handler: invocations that failed
+    // for good (threw or overran their timeout, after their retries), and
+    // filters that threw.
+    std::uint64_t failed = 0;
     std::uint64_t skipped_filtered = 0;  // its filter returned false
     std::uint64_t skipped_canceled = 0;  // not reached: the trigger's context or stop token ended it first
     std::uint64_t skipped_circuit_open = 0;  // skipped while its circuit breaker was open
-    std::uint64_t timed_out = 0;         // attempts that overran CallbackOptions::timeout
+    std::uint64_t timed_out = 0;         // attempts that overran CallbackOptions::timeout (a breakdown)
     std::uint64_t retries = 0;           // attempts after the first
+    std::uint64_t slow = 0;              // invocations longer than slow_threshold (exact)
+    std::chrono::nanoseconds slow_threshold{0};  // 0: slow calls not counted
     bool circuit_open = false;           // its circuit breaker is not closed now (open or half open)
     CircuitState circuit = CircuitState::closed;  // where its circuit breaker is now
-    HistogramSnapshot latency_ns;        // sampled invocations
+    bool latency_sampled = true;         // latency_ns holds one invocation in latency_sample_every
+    HistogramSnapshot latency_ns;        // timed invocations
 };
 
 // The registered callbacks of one group or registry. Each callback's numbers
 // are read without stopping triggers: each counter is a value it had during
 // the call (not one global instant).
 struct MetricsSnapshot {
-    std::vector<CallbackMetrics> callbacks;
+    std::vector<CallbackMetrics> callbacks;  // one per series, in order of creation
+    std::uint64_t dropped_series = 0;        // series dropped past GroupOptions::metrics_retention
 
     // One entry per key (in order of first appearance; one entry for a
     // group): counts summed and latency merged over its callbacks. The name
@@ -61,6 +83,7 @@ struct MetricsSnapshot {
                 total = &totals.back();
                 total->key = m.key;
                 total->labels = m.labels;
+                total->latency_sampled = false;  // sampled if any part is
             } else {
                 std::erase_if(total->labels, [&](const auto& label) {
                     for (const auto& mine : m.labels) {
@@ -76,6 +99,9 @@ struct MetricsSnapshot {
             total->skipped_circuit_open += m.skipped_circuit_open;
             total->timed_out += m.timed_out;
             total->retries += m.retries;
+            total->slow += m.slow;
+            total->registered += m.registered;
+            total->latency_sampled = total->latency_sampled || m.latency_sampled;
             total->circuit_open = total->circuit_open || m.circuit_open;
             total->latency_ns.merge(m.latency_ns);
         }

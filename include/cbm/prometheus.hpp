@@ -4,6 +4,7 @@
 //   std::string text = cbm::to_prometheus(group.metrics());
 #pragma once
 
+#include <stdexcept>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -14,53 +15,131 @@
 namespace cbm {
 
 // Renders `snapshot` in the Prometheus text exposition format (version
-// 0.0.4): counters <prefix>_invocations_total, <prefix>_failures_total,
-// <prefix>_skips_total{reason="filtered"|"canceled"|"circuit_open"},
-// <prefix>_timeouts_total and <prefix>_retries_total; a gauge
-// <prefix>_circuit_open; a summary
-// <prefix>_latency_seconds with quantiles 0.5, 0.95 and 0.99 of the sampled
-// latency (its _count is the number of samples); and a gauge
-// <prefix>_latency_max_seconds. Every series has the labels key and
-// callback, then the callback's own labels; label values are escaped.
+// 0.0.4), one series per CallbackMetrics (metrics.hpp):
+//   counters  <prefix>_invocations_total, <prefix>_failures_total (what the
+//             error handler received: failed invocations, timeouts
+//             included, and throwing filters), <prefix>_skips_total with
+//             reason="filtered"|"canceled"|"circuit_open",
+//             <prefix>_timeouts_total (attempts that overran, a breakdown
+//             of failures and retries), <prefix>_retries_total, and, for
+//             series with a slow_threshold, <prefix>_slow_calls_total;
+//   gauges    <prefix>_registered (callbacks of the series registered now;
+//             0 once they are gone and the series is kept),
+//             <prefix>_circuit_open, and <prefix>_slow_threshold_seconds;
+//   a summary <prefix>_latency_seconds with quantiles 0.5, 0.95 and 0.99,
+//             _sum and _count (the number of timed invocations), labelled
+//             sampled="true" where one invocation in latency_sample_every
+//             was timed and "false" where every one was;
+//   gauges    <prefix>_latency_max_seconds (exact series only) and
+//             <prefix>_latency_sampled_max_seconds (the largest of the
+//             sampled invocations: not the true maximum);
+//   a counter <prefix>_series_dropped_total (series dropped past the
+//             retention limit; no labels).
+// Every series has the labels key and callback, id for an unnamed callback
+// (so that two never collide), then the callback's own labels. Label values
+// are escaped, and bytes that are not valid UTF-8 become U+FFFD.
+// Throws: std::invalid_argument for a prefix Prometheus would reject (use
+// [a-zA-Z_:][a-zA-Z0-9_:]*) or a label name it would reject or that
+// collides with cbm's (key, callback, id, quantile, reason, sampled, le).
 inline std::string to_prometheus(const MetricsSnapshot& snapshot, std::string_view prefix = "cbm_callback") {
+    if (!detail::valid_metric_prefix(prefix)) {
+        throw std::invalid_argument("cbm::to_prometheus: invalid metric name prefix \"" + std::string(prefix) +
+                                    "\" (use [a-zA-Z_:][a-zA-Z0-9_:]*)");
+    }
+    for (const CallbackMetrics& m : snapshot.callbacks) {
+        for (const auto& [name, value] : m.labels) {
+            if (!detail::valid_label_name(name)) {
+                throw std::invalid_argument("cbm::to_prometheus: invalid label name \"" + name + "\"");
+            }
+        }
+    }
     std::string out;
     const std::string p(prefix);
     auto family = [&](const char* suffix, const char* type, const char* help) {
         out += "# HELP " + p + suffix + ' ' + help + '\n';
         out += "# TYPE " + p + suffix + ' ' + type + '\n';
     };
-    family("_invocations_total", "counter", "Callback invocations started.");
-    for (const auto& m : snapshot.callbacks) out += p + "_invocations_total" + detail::label_set(m.key, m.name, m.labels) + ' ' + std::to_string(m.invoked) + '\n';
-    family("_failures_total", "counter", "Callback invocations (or filters) that threw.");
-    for (const auto& m : snapshot.callbacks) out += p + "_failures_total" + detail::label_set(m.key, m.name, m.labels) + ' ' + std::to_string(m.failed) + '\n';
-    family("_skips_total", "counter", "Callbacks not run by a trigger, by reason.");
-    for (const auto& m : snapshot.callbacks) {
-        out += p + "_skips_total" + detail::label_set(m.key, m.name, m.labels, "reason", "filtered") + ' ' + std::to_string(m.skipped_filtered) + '\n';
-        out += p + "_skips_total" + detail::label_set(m.key, m.name, m.labels, "reason", "canceled") + ' ' + std::to_string(m.skipped_canceled) + '\n';
-        out += p + "_skips_total" + detail::label_set(m.key, m.name, m.labels, "reason", "circuit_open") + ' ' +
-               std::to_string(m.skipped_circuit_open) + '\n';
-    }
-    family("_timeouts_total", "counter", "Callback attempts that overran their timeout.");
-    for (const auto& m : snapshot.callbacks) out += p + "_timeouts_total" + detail::label_set(m.key, m.name, m.labels) + ' ' + std::to_string(m.timed_out) + '\n';
-    family("_retries_total", "counter", "Callback attempts after the first.");
-    for (const auto& m : snapshot.callbacks) out += p + "_retries_total" + detail::label_set(m.key, m.name, m.labels) + ' ' + std::to_string(m.retries) + '\n';
-    family("_circuit_open", "gauge", "1 while the callback's circuit breaker is open.");
-    for (const auto& m : snapshot.callbacks) out += p + "_circuit_open" + detail::label_set(m.key, m.name, m.labels) + ' ' + (m.circuit_open ? "1" : "0") + '\n';
-    family("_latency_seconds", "summary", "Sampled callback latency.");
-    for (const auto& m : snapshot.callbacks) {
-        for (const auto& [q, pct] : {std::pair{"0.5", 50.0}, std::pair{"0.95", 95.0}, std::pair{"0.99", 99.0}}) {
-            out += p + "_latency_seconds" + detail::label_set(m.key, m.name, m.labels, "quantile", q) + ' ' +
-                   detail::seconds(m.latency_ns.percentile(pct)) + '\n';
+    auto labels_of = [](const CallbackMetrics& m) {
+        return detail::SeriesLabels{m.key, m.name, m.id, &m.labels};
+    };
+    auto sample = [&](const char* suffix, const std::string& labels, const std::string& value) {
+        out += p;
+        out += suffix;
+        out += labels;
+        out += ' ';
+        out += value;
+        out += '\n';
+    };
+    auto counter = [&](const char* suffix, const char* help, auto value_of) {
+        family(suffix, "counter", help);
+        for (const CallbackMetrics& m : snapshot.callbacks) {
+            sample(suffix, detail::label_set(labels_of(m)), std::to_string(value_of(m)));
         }
-        out += p + "_latency_seconds_sum" + detail::label_set(m.key, m.name, m.labels) + ' ' +
-               detail::seconds(static_cast<double>(m.latency_ns.sum())) + '\n';
-        out += p + "_latency_seconds_count" + detail::label_set(m.key, m.name, m.labels) + ' ' + std::to_string(m.latency_ns.count()) + '\n';
+    };
+    counter("_invocations_total", "Callback invocations started.", [](const CallbackMetrics& m) { return m.invoked; });
+    counter("_failures_total",
+            "Failures reported to the error handler: invocations that threw or overran their timeout (after "
+            "retries), and filters that threw.",
+            [](const CallbackMetrics& m) { return m.failed; });
+    family("_skips_total", "counter", "Callbacks not run by a trigger, by reason.");
+    for (const CallbackMetrics& m : snapshot.callbacks) {
+        sample("_skips_total", detail::label_set(labels_of(m), "reason", "filtered"), std::to_string(m.skipped_filtered));
+        sample("_skips_total", detail::label_set(labels_of(m), "reason", "canceled"), std::to_string(m.skipped_canceled));
+        sample("_skips_total", detail::label_set(labels_of(m), "reason", "circuit_open"),
+               std::to_string(m.skipped_circuit_open));
     }
-    family("_latency_max_seconds", "gauge", "Largest sampled callback latency.");
-    for (const auto& m : snapshot.callbacks) {
-        out += p + "_latency_max_seconds" + detail::label_set(m.key, m.name, m.labels) + ' ' +
-               detail::seconds(static_cast<double>(m.latency_ns.max())) + '\n';
+    counter("_timeouts_total", "Callback attempts that overran their timeout.",
+            [](const CallbackMetrics& m) { return m.timed_out; });
+    counter("_retries_total", "Callback attempts after the first.", [](const CallbackMetrics& m) { return m.retries; });
+    family("_slow_calls_total", "counter", "Invocations longer than the callback's slow threshold (exact).");
+    for (const CallbackMetrics& m : snapshot.callbacks) {
+        if (m.slow_threshold.count() > 0) sample("_slow_calls_total", detail::label_set(labels_of(m)), std::to_string(m.slow));
     }
+    family("_slow_threshold_seconds", "gauge", "The callback's slow threshold.");
+    for (const CallbackMetrics& m : snapshot.callbacks) {
+        if (m.slow_threshold.count() > 0) {
+            sample("_slow_threshold_seconds", detail::label_set(labels_of(m)),
+                   detail::seconds(static_cast<double>(m.slow_threshold.count())));
+        }
+    }
+    family("_registered", "gauge", "Callbacks of this series registered now (0: kept after they were unregistered).");
+    for (const CallbackMetrics& m : snapshot.callbacks) {
+        sample("_registered", detail::label_set(labels_of(m)), std::to_string(m.registered));
+    }
+    family("_circuit_open", "gauge", "1 while the callback's circuit breaker is open or half open.");
+    for (const CallbackMetrics& m : snapshot.callbacks) {
+        sample("_circuit_open", detail::label_set(labels_of(m)), m.circuit_open ? "1" : "0");
+    }
+    family("_latency_seconds", "summary",
+           "Callback latency: of every invocation (sampled=\"false\") or of one in latency_sample_every per thread "
+           "(sampled=\"true\").");
+    for (const CallbackMetrics& m : snapshot.callbacks) {
+        const char* sampled = m.latency_sampled ? "true" : "false";
+        for (const auto& [q, pct] : {std::pair{"0.5", 50.0}, std::pair{"0.95", 95.0}, std::pair{"0.99", 99.0}}) {
+            sample("_latency_seconds", detail::label_set(labels_of(m), "sampled", sampled, "quantile", q),
+                   detail::seconds(m.latency_ns.percentile(pct)));
+        }
+        const std::string labels = detail::label_set(labels_of(m), "sampled", sampled);
+        sample("_latency_seconds_sum", labels, detail::seconds(static_cast<double>(m.latency_ns.sum())));
+        sample("_latency_seconds_count", labels, std::to_string(m.latency_ns.count()));
+    }
+    family("_latency_max_seconds", "gauge", "Largest callback latency (every invocation timed).");
+    for (const CallbackMetrics& m : snapshot.callbacks) {
+        if (!m.latency_sampled) {
+            sample("_latency_max_seconds", detail::label_set(labels_of(m)),
+                   detail::seconds(static_cast<double>(m.latency_ns.max())));
+        }
+    }
+    family("_latency_sampled_max_seconds", "gauge",
+           "Largest latency among the sampled invocations (not the true maximum).");
+    for (const CallbackMetrics& m : snapshot.callbacks) {
+        if (m.latency_sampled) {
+            sample("_latency_sampled_max_seconds", detail::label_set(labels_of(m)),
+                   detail::seconds(static_cast<double>(m.latency_ns.max())));
+        }
+    }
+    family("_series_dropped_total", "counter", "Series of unregistered callbacks dropped past the retention limit.");
+    out += p + "_series_dropped_total " + std::to_string(snapshot.dropped_series) + '\n';
     return out;
 }
 

@@ -19,6 +19,7 @@ set(layer_3 # context API and the settings written in it
   context.hpp after_func.hpp trace.hpp resilience.hpp group_options.hpp)
 set(layer_4 # callback machinery
   detail/barrier.hpp detail/backoff.hpp detail/thread_records.hpp detail/epoch.hpp detail/callback_stats.hpp
+  detail/metric_series.hpp
   detail/group_state.hpp detail/node.hpp detail/callback_list.hpp detail/unregister.hpp detail/typed_node.hpp
   detail/resilience_state.hpp detail/validate.hpp detail/make_node.hpp detail/failure.hpp detail/invoke.hpp
   detail/instrument.hpp detail/resilience_steps.hpp detail/pipeline.hpp detail/trigger_loop.hpp

@@ -47,19 +47,42 @@ private:
     alignas(64) std::atomic<std::uint64_t> overflow_{0};
 };
 
+// The numbers of one metric series: one callback, or the callbacks that
+// share a key, name and labels (metric_series.hpp). Counted: the series
+// table holds one reference and every node of the series one.
 struct CallbackStats {
     CallbackStats(std::string key, Labels l) : key_text(std::move(key)), labels(std::move(l)) {}
+    CallbackStats(const CallbackStats&) = delete;
+    CallbackStats& operator=(const CallbackStats&) = delete;
 
+    // Immutable once the series is published.
     const std::string key_text;  // the registry key as text; empty in a group
     const Labels labels;
+    std::string name;                     // CallbackOptions::name
+    std::uint64_t id = 0;                 // unnamed series: a per-group sequence number; 0 when named
+    bool exact_latency = false;           // every invocation is timed (else one in latency_sample_every)
+    std::uint64_t slow_threshold_ns = 0;  // invocations longer than this count as slow (0: not counted)
+
     ShardedCounter invoked;                          // started (filter passed), including those that threw
     ShardedCounter skipped_filtered;                 // the filter said no
-    std::atomic<std::uint64_t> failed{0};            // threw (from the callback or its filter)
+    std::atomic<std::uint64_t> failed{0};            // reported failures: threw, overran, or the filter threw
     std::atomic<std::uint64_t> skipped_canceled{0};  // not reached: the trigger's context or token stopped it
     std::atomic<std::uint64_t> skipped_circuit_open{0};
     std::atomic<std::uint64_t> timed_out{0};
     std::atomic<std::uint64_t> retries{0};
-    LatencyHistogram latency;                        // sampled invocations, in ns
+    std::atomic<std::uint64_t> slow{0};              // timed invocations above slow_threshold_ns
+    LatencyHistogram latency;                        // timed invocations, in ns
+
+    // The series table's bookkeeping (under its mutex).
+    std::uint32_t registered = 0;       // callbacks of the series not yet gone
+    bool in_table = true;               // false once dropped past the retention limit
+    std::uint64_t retained_round = 0;   // bumped each time the series loses its last callback
+
+    std::atomic<std::uint32_t> refs{1};
+    void add_ref() noexcept { refs.fetch_add(1, std::memory_order_relaxed); }
+    void release_ref() noexcept {
+        if (refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+    }
 
     static void bump(std::atomic<std::uint64_t>& counter) noexcept { counter.fetch_add(1, std::memory_order_relaxed); }
 };

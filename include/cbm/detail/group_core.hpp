@@ -7,12 +7,16 @@
 // the key's list (key_table.hpp). GroupCore holds the counted GroupState.
 #pragma once
 
+#include <chrono>
 #include <cstddef>
+#include <cstdint>
 #include <memory>
 #include <mutex>
 #include <stdexcept>
 #include <string>
+#include <unordered_map>
 #include <utility>
+#include <vector>
 
 #include "../context.hpp"
 #include "../error_policy.hpp"
@@ -50,7 +54,8 @@ public:
     // `owner` and `noun` name the facade in error messages
     // ("CallbackGroup", "group").
     GroupCore(const GroupOptions& options, const char* owner, const char* noun)
-        : state_(new GroupState(options.error_policy, options.metrics, options.latency_sample_every, options.clock)),
+        : state_(new GroupState(options.error_policy, options.metrics, options.latency_sample_every, options.clock,
+                                options.metrics_retention)),
           owner_(owner),
           noun_(noun) {}
     GroupCore(const GroupCore&) = delete;
@@ -169,16 +174,31 @@ public:
         state_ = nullptr;
     }
 
-    // The numbers of every registered callback of the lists `for_each_list`
-    // visits (under the writer lock).
+    // The numbers of every metric series (metric_series.hpp): those of
+    // registered callbacks and those kept after their callbacks went. The
+    // circuit state comes from the registered callbacks of the lists
+    // `for_each_list` visits (under the writer lock).
     template <class ForEachList>
     MetricsSnapshot metrics(ForEachList&& for_each_list) const {
         require_metrics("metrics");
         MetricsSnapshot snapshot;
+        std::unordered_map<const CallbackStats*, std::size_t> index_of;
+        state_->series.for_each([&](const CallbackStats& s) {
+            index_of.emplace(&s, snapshot.callbacks.size());
+            snapshot.callbacks.push_back(metrics_of(s));
+        });
+        snapshot.dropped_series = state_->series.dropped();
         std::lock_guard<std::mutex> lock(state_->mutex);
         for_each_list([&](const CallbackList& list) {
             list.for_each_live_node([&](const NodeBase* n) {
-                if (n->stats != nullptr) snapshot.callbacks.push_back(metrics_of(*n));
+                if (n->stats == nullptr || n->resilience == nullptr) return;
+                const auto found = index_of.find(n->stats);
+                if (found == index_of.end()) return;  // added after the series were read
+                CallbackMetrics& m = snapshot.callbacks[found->second];
+                // Of several callbacks in one series, the least closed state shows.
+                const CircuitState state = n->resilience->circuit_state();
+                if (state > m.circuit) m.circuit = state;
+                m.circuit_open = m.circuit != CircuitState::closed;
             });
         });
         return snapshot;
@@ -203,12 +223,14 @@ private:
         }
     }
 
-    static CallbackMetrics metrics_of(const NodeBase& n) {
-        const CallbackStats& s = *n.stats;
+    // Under the series table's mutex (the bookkeeping fields).
+    static CallbackMetrics metrics_of(const CallbackStats& s) {
         CallbackMetrics m;
         m.key = s.key_text;
-        m.name = n.name;
+        m.name = s.name;
+        m.id = s.id;
         m.labels = s.labels;
+        m.registered = s.registered;
         m.invoked = s.invoked.read();
         m.failed = s.failed.load(std::memory_order_relaxed);
         m.skipped_filtered = s.skipped_filtered.read();
@@ -216,8 +238,9 @@ private:
         m.skipped_circuit_open = s.skipped_circuit_open.load(std::memory_order_relaxed);
         m.timed_out = s.timed_out.load(std::memory_order_relaxed);
         m.retries = s.retries.load(std::memory_order_relaxed);
-        m.circuit = n.resilience != nullptr ? n.resilience->circuit_state() : CircuitState::closed;
-        m.circuit_open = m.circuit != CircuitState::closed;
+        m.slow = s.slow.load(std::memory_order_relaxed);
+        m.slow_threshold = std::chrono::nanoseconds(static_cast<std::int64_t>(s.slow_threshold_ns));
+        m.latency_sampled = !s.exact_latency;
         m.latency_ns = s.latency.snapshot();
         return m;
     }

@@ -20,6 +20,7 @@
 #include "../error_policy.hpp"
 #include "../observer.hpp"
 #include "epoch.hpp"
+#include "metric_series.hpp"
 
 namespace cbm {
 class ResilienceClock;
@@ -28,8 +29,13 @@ class ResilienceClock;
 namespace cbm::detail {
 
 struct GroupState {
-    GroupState(ErrorPolicy p, bool instrumented, std::uint32_t sample_every, ResilienceClock* c) noexcept
-        : policy(p), metrics(instrumented), latency_sample_every(sample_every == 0 ? 1 : sample_every), clock(c) {}
+    GroupState(ErrorPolicy p, bool instrumented, std::uint32_t sample_every, ResilienceClock* c,
+               std::uint32_t metrics_retention = 1024) noexcept
+        : policy(p),
+          metrics(instrumented),
+          latency_sample_every(sample_every == 0 ? 1 : sample_every),
+          clock(c),
+          series(metrics_retention) {}
     GroupState(const GroupState&) = delete;
     GroupState& operator=(const GroupState&) = delete;
 
@@ -41,6 +47,7 @@ struct GroupState {
     const bool metrics;                       // nodes get CallbackStats
     const std::uint32_t latency_sample_every; // time one invocation in this many, per thread
     ResilienceClock* const clock;             // timeouts, backoff, cool-downs; null: the steady clock
+    SeriesTable series;                       // the metric series (metric_series.hpp); empty without metrics
 
     std::atomic<CallbackObserver*> observer{nullptr};  // read by triggers
 

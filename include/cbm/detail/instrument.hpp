@@ -40,7 +40,8 @@ std::exception_ptr invoke_instrumented(const Node<Signature>& node, GroupState& 
     }
     const CallbackStats& stats = *node.stats;
     CallbackObserver* observer = group.observer.load(std::memory_order_acquire);
-    const bool timed = observer != nullptr || sampled || sample_this_call(group.latency_sample_every);
+    const bool timed =
+        observer != nullptr || sampled || stats.exact_latency || sample_this_call(group.latency_sample_every);
     const CallbackEvent event{stats.key_text, node.name, stats.labels};
     std::chrono::steady_clock::time_point start{};
     if (timed) start = std::chrono::steady_clock::now();
@@ -49,7 +50,9 @@ std::exception_ptr invoke_instrumented(const Node<Signature>& node, GroupState& 
     if (timed) {
         const auto duration =
             std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start);
-        node.stats->latency.record(static_cast<std::uint64_t>(duration.count() < 0 ? 0 : duration.count()));
+        const auto ns = static_cast<std::uint64_t>(duration.count() < 0 ? 0 : duration.count());
+        node.stats->latency.record(ns);
+        if (stats.slow_threshold_ns != 0 && ns > stats.slow_threshold_ns) CallbackStats::bump(node.stats->slow);
         if (observer != nullptr) observer->on_end(event, duration, error);
     }
     return error;

@@ -33,14 +33,40 @@ Node<Signature>* make_node(GroupState& group, F&& f, Options&& options, std::str
         resilience->retry = options.retry;
         resilience->breaker = options.circuit_breaker;
     }
-    std::unique_ptr<CallbackStats> stats;
-    if (group.metrics) stats = std::make_unique<CallbackStats>(std::move(key_text), std::move(options.labels));
-    auto* node = new Node<Signature>(std::move(fn));
-    node->stats = stats.release();
+    if (options.slow_threshold.count() < 0) {
+        throw std::invalid_argument("cbm: CallbackOptions::slow_threshold must not be negative");
+    }
+    if (options.slow_threshold.count() > 0 && !group.metrics) {
+        throw std::logic_error("cbm: CallbackOptions::slow_threshold needs an instrumented group "
+                               "(GroupOptions{.metrics = true})");
+    }
+    CallbackStats* stats = nullptr;
+    if (group.metrics) {
+        // Every invocation of a callback that is timed anyway (timeout,
+        // breaker) or asks for it (slow_threshold) is recorded.
+        const SeriesSettings settings{
+            .exact_latency = group.latency_sample_every == 1 || options.timeout.count() > 0 ||
+                             options.circuit_breaker.failures > 0 || options.slow_threshold.count() > 0,
+            .slow_threshold_ns = static_cast<std::uint64_t>(options.slow_threshold.count())};
+        stats = group.series.attach(std::move(key_text), options.name, std::move(options.labels), settings);
+    }
+    Node<Signature>* node = nullptr;
+    try {
+        node = new Node<Signature>(std::move(fn));
+    } catch (...) {
+        if (stats != nullptr) {
+            group.series.detach(stats);
+            stats->release_ref();
+        }
+        throw;
+    }
+    node->stats = stats;
     node->resilience = resilience.release();
     node->filter = std::move(options.filter);
+    const bool timed_always = node->stats != nullptr && node->stats->exact_latency && group.latency_sample_every != 1;
     node->state.store((node->filter ? kFiltered : 0u) | (options.once ? kOnce : 0u) |
-                          (node->stats != nullptr ? kMeasured : 0u) | (node->resilience != nullptr ? kResilient : 0u),
+                          (node->stats != nullptr ? kMeasured : 0u) | (node->resilience != nullptr ? kResilient : 0u) |
+                          (timed_always ? kTimed : 0u),
                       std::memory_order_relaxed);
     node->priority = options.priority;
     node->name = std::move(options.name);

@@ -32,6 +32,7 @@ inline constexpr std::uint32_t kFiltered = 4u;    // immutable: the node has a f
 inline constexpr std::uint32_t kOnce = 8u;        // immutable: the node runs at most once
 inline constexpr std::uint32_t kMeasured = 16u;   // immutable: the node has CallbackStats
 inline constexpr std::uint32_t kResilient = 32u;  // immutable: the node has a Resilience block
+inline constexpr std::uint32_t kTimed = 64u;      // immutable: every invocation is timed (exact latency)
 
 struct NodeBase;
 struct CallbackList;
@@ -84,7 +85,7 @@ struct NodeBase {
     CallbackList* former_list = nullptr; // under the group mutex: the list it was detached from
     GroupState* group = nullptr;         // counted reference, immutable
     std::string name;                    // immutable
-    CallbackStats* stats = nullptr;      // immutable; owned by Node<Sig>; set when the group is instrumented
+    CallbackStats* stats = nullptr;      // immutable, counted: the node's metric series (instrumented groups)
     Resilience* resilience = nullptr;    // immutable; owned by Node<Sig>: timeout / retry / circuit breaker
     // Set once, after publication (ContextBinding::attach); taken by whoever
     // sees both it and target_destroyed (seq_cst on both sides).
@@ -115,6 +116,7 @@ struct NodeBase {
     void destroy_target_once() noexcept {
         if (target_destroyed.exchange(true, std::memory_order_seq_cst)) return;
         destroy_target();
+        if (stats != nullptr) group->series.detach(stats);  // the series is kept (metric_series.hpp)
         take_companion_after_destroy();
     }
 

@@ -39,7 +39,11 @@ struct Node final : NodeBase {
 private:
     ~Node() override {
         fn().~Fn();
-        delete stats;
+        if (stats != nullptr) {
+            // A node never registered (add failed) never destroyed its target.
+            if (!target_destroyed.load(std::memory_order_relaxed)) group->series.detach(stats);
+            stats->release_ref();
+        }
         delete resilience;
     }
     void destroy_target() noexcept override {

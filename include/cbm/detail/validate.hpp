@@ -8,18 +8,9 @@
 #include <string_view>
 
 #include "../observer.hpp"
+#include "prometheus_text.hpp"
 
 namespace cbm::detail {
-
-inline bool valid_label_name(std::string_view n) noexcept {
-    if (n.empty() || (n.size() >= 2 && n[0] == '_' && n[1] == '_')) return false;
-    for (std::size_t i = 0; i < n.size(); ++i) {
-        const char c = n[i];
-        const bool letter = (c >= 'a' && c <= 'z') || (c >= 'A' && c <= 'Z') || c == '_';
-        if (!letter && !(i > 0 && c >= '0' && c <= '9')) return false;
-    }
-    return n != "key" && n != "callback" && n != "quantile" && n != "reason" && n != "le";
-}
 
 // Throws std::invalid_argument naming the first label that cannot be a
 // Prometheus label (or collides with one cbm adds).
@@ -28,7 +19,7 @@ inline void check_labels(const Labels& labels) {
         if (!valid_label_name(labels[i].first)) {
             throw std::invalid_argument("cbm: invalid metric label name \"" + labels[i].first +
                                         "\" (use [a-zA-Z_][a-zA-Z0-9_]*, not starting with __, and not key, "
-                                        "callback, quantile, reason or le)");
+                                        "callback, id, quantile, reason, sampled or le)");
         }
         for (std::size_t j = 0; j < i; ++j) {
             if (labels[j].first == labels[i].first) {

@@ -1,0 +1,32 @@
+// Prints the Prometheus text of a registry built to stress the exposition:
+// unnamed callbacks sharing a key, named ones sharing a series, keys with
+// quotes, backslashes, newlines and invalid UTF-8, user labels, a kept
+// series of an unregistered callback, slow thresholds, exact and sampled
+// latency. check_exposition.py parses it with the reference Python parser.
+#include <cbm/callback_registry.hpp>
+#include <cbm/metrics.hpp>
+
+#include <chrono>
+#include <cstdio>
+#include <stdexcept>
+#include <string>
+
+int main() {
+    using namespace std::chrono_literals;
+    cbm::CallbackRegistry<std::string, void(int)> registry(cbm::GroupOptions{.metrics = true});
+    registry.add("orders", [](int) {});
+    registry.add("orders", [](int) {});  // a second unnamed callback under the same key
+    registry.add("orders", [](int) {}, {.name = "audit", .labels = {{"team", "pay\"ments\\"}}});
+    registry.add("orders", [](int) {}, {.name = "audit", .labels = {{"team", "pay\"ments\\"}}});  // same series
+    registry.add("orders", [](int x) { if (x < 0) throw std::runtime_error("negative"); },
+                 {.name = "picky", .timeout = 1s, .slow_threshold = 50ms});
+    registry.add(std::string("bad\xff\xfe utf8 \xe2\x82"), [](int) {}, {.name = "na\xc3\xafve\nname"});
+    registry.add("multi\nline \"key\"", [](int) {}, {.name = "quote\"d"});
+    cbm::Registration gone = registry.add("orders", [](int) {}, {.name = "gone"});
+    for (int x : {1, -2, 3}) registry.trigger("orders", x);
+    gone.unregister();  // its series stays
+    registry.trigger(std::string("bad\xff\xfe utf8 \xe2\x82"), 1);
+    const std::string text = cbm::to_prometheus(registry.metrics());
+    std::fwrite(text.data(), 1, text.size(), stdout);
+    return 0;
+}
