@@ -19,11 +19,14 @@ public:
     }
 };
 
+using namespace std::chrono_literals;
+
 int main() {
     cbm::CallbackRegistry<std::string, void(int)> events(cbm::GroupOptions{.metrics = true});
     events.add("order.placed", [](int) {}, {.name = "ship", .labels = {{"team", "logistics"}}});
     events.add("order.placed", [](int total) { if (total < 0) throw std::invalid_argument("negative total"); },
-               {.name = "charge", .labels = {{"team", "payments"}}});
+               {.name = "charge", .labels = {{"team", "payments"}},
+            .slow_threshold = 30ms});  // every call timed; those over 30 ms counted exactly
 
     events.set_observer(std::make_shared<LoggingObserver>());
     events.trigger("order.placed", 120);

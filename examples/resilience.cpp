@@ -20,6 +20,11 @@ int main() {
         }
     });
 
+    events.set_circuit_change_handler([](const cbm::CircuitChange& c) {
+        std::printf("circuit of %.*s/%.*s is now %s\n", static_cast<int>(c.key.size()), c.key.data(),
+                    static_cast<int>(c.name.size()), c.name.data(), cbm::to_string(c.state));  // alert here
+    });
+
     int calls = 0;
     events.add("order.placed", [&calls](int order) {
         if (++calls % 3 != 0) throw std::runtime_error("partner unavailable");  // fails twice, then works
