@@ -356,8 +356,13 @@ TEST_CASE("a trigger that saw the circuit open cannot claim a trial after the re
     clock.advance(2s);  // the cool-down has passed: the next trigger may try
 
     // A reads the open circuit and is parked inside the breaker's clock read.
-    std::thread a([&] { group.trigger(); });
+    cbm_test::Gate armed;
+    std::thread a([&] {
+        armed.wait();  // parking is armed for this thread before it triggers
+        group.trigger();
+    });
     clock.park_next_call_on(a.get_id());
+    armed.open();
     clock.wait_until_parked();
     // Meanwhile the real trial succeeds and closes the circuit.
     failing = false;
