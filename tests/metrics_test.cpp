@@ -407,3 +407,51 @@ TEST_CASE("to_prometheus writes valid UTF-8 and refuses a prefix or label name P
     CallbackGroup<void()> group(GroupOptions{.metrics = true});
     REQUIRE_THROWS_AS(group.add([] {}, {.labels = {{"sampled", "x"}}}), std::invalid_argument);
 }
+
+TEST_CASE("series that export alike are one series: label order and ill-formed UTF-8 do not split them, "
+          "and a NUL cannot merge two",
+          "[metrics][prometheus]") {
+    CallbackGroup<void()> group(GroupOptions{.metrics = true});
+    group.add([] {}, {.name = "n", .labels = {{"x", "1"}, {"y", "2"}}});
+    group.add([] {}, {.name = "n", .labels = {{"y", "2"}, {"x", "1"}}});  // the same label set
+    group.add([] {}, {.name = "bad\xff"});
+    group.add([] {}, {.name = "bad\xfe"});  // both export as callback="bad\uFFFD"
+    group.add([] {}, {.name = "m", .labels = {{"a", std::string("x\0b=y", 5)}}});
+    group.add([] {}, {.name = "m", .labels = {{"a", "x"}, {"b", "y"}}});  // different: two series
+    const MetricsSnapshot s = group.metrics();
+    REQUIRE(s.callbacks.size() == 4);
+    REQUIRE(s.callbacks[0].registered == 2);
+    REQUIRE(s.callbacks[1].registered == 2);
+    REQUIRE(s.callbacks[2].registered == 1);
+    REQUIRE(s.callbacks[3].registered == 1);
+}
+
+TEST_CASE("a callback that is never registered leaves no series behind", "[metrics][retention]") {
+    CallbackGroup<void()> group(GroupOptions{.metrics = true, .metrics_retention = 2});
+    for (const char* name : {"keep1", "keep2"}) {
+        cbm::Registration r = group.add([] {}, {.name = name});
+        group.trigger();
+        r.unregister();
+    }
+    auto [canceled, cancel] = cbm::with_cancel(cbm::Context::background());
+    cancel();
+    for (int i = 0; i < 2; ++i) group.add([] {}, {.context = canceled});                  // unnamed: a new series each
+    group.add([] {}, {.name = "ghost", .context = canceled});                              // a new named one
+    group.add([] {}, {.name = "keep1", .context = canceled});                              // an existing one
+    const MetricsSnapshot s = group.metrics();
+    REQUIRE(s.dropped_series == 0);
+    REQUIRE(s.callbacks.size() == 2);
+    REQUIRE(find(s, "keep1")->invoked == 1);
+    REQUIRE(find(s, "keep2")->invoked == 1);
+    REQUIRE(find(s, "ghost") == nullptr);
+
+    struct ThrowingHash {
+        std::size_t operator()(const std::string& k) const {
+            if (k == "boom") throw std::runtime_error("hash failed");
+            return std::hash<std::string>{}(k);
+        }
+    };
+    cbm::CallbackRegistry<std::string, void(), ThrowingHash> registry(GroupOptions{.metrics = true});
+    REQUIRE_THROWS(registry.add("boom", [] {}, {.name = "ghost"}));
+    REQUIRE(registry.metrics().callbacks.empty());
+}

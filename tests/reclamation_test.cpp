@@ -185,3 +185,21 @@ TEST_CASE("a Snapshot value stays pinned by a read handle whose loading thread h
     CHECK(counter.alive() == 0);
     CHECK(counter.errors.load() == 0);
 }
+
+TEST_CASE("adding and unregistering one named callback 100,000 times keeps the metrics' memory flat",
+          "[metrics][retention]") {
+    cbm::CallbackGroup<void()> group(cbm::GroupOptions{.metrics = true});
+    auto cycle = [&](int rounds) {
+        for (int i = 0; i < rounds; ++i) {
+            cbm::Registration r = group.add([] {}, {.name = "x"});
+            r.unregister();
+        }
+    };
+    cycle(1000);
+    const std::int64_t before = cbm_test::live_bytes();
+    cycle(100'000);
+    const std::int64_t growth = cbm_test::live_bytes() - before;
+    INFO("live bytes grew " << growth);
+    REQUIRE(growth < 64 * 1024);
+    REQUIRE(group.metrics().callbacks.size() == 1);
+}

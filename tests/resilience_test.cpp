@@ -542,3 +542,18 @@ TEST_CASE("Context::wait_until a time 1,000 years ahead waits for the cancellati
     // An uncancelable context cannot wait forever: it throws, as wait() does.
     REQUIRE_THROWS_AS(cbm::Context::background().wait_until(far), std::logic_error);
 }
+
+TEST_CASE("an attempt expired by its own deadline is a timeout, also when the trigger's context ended later",
+          "[resilience][timeout]") {
+    ManualClock clock;  // frozen: only the contexts' real deadlines tell
+    CallbackGroup<void()> group(GroupOptions{.metrics = true, .clock = &clock});
+    auto [outer, cancel_outer] = cbm::with_timeout(cbm::Context::background(), 20ms);
+    group.add([outer = outer] {
+        REQUIRE(cbm::current_context().wait_for(10s));  // its own 5 ms deadline
+        REQUIRE(outer.wait_for(10s));                   // and then the trigger's 20 ms one
+    }, {.name = "slow", .timeout = 5ms});
+    const cbm::TriggerResult r = group.trigger(outer);
+    REQUIRE(r.failed == 1);
+    REQUIRE(code_of(r.failures[0].error) == cbm::errc::deadline_exceeded);
+    REQUIRE(group.metrics().callbacks[0].timed_out == 1);
+}

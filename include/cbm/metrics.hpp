@@ -103,6 +103,7 @@ struct MetricsSnapshot {
             total->registered += m.registered;
             total->latency_sampled = total->latency_sampled || m.latency_sampled;
             total->circuit_open = total->circuit_open || m.circuit_open;
+            if (m.circuit > total->circuit) total->circuit = m.circuit;
             total->latency_ns.merge(m.latency_ns);
         }
         return totals;

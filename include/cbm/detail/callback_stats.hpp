@@ -74,9 +74,11 @@ struct CallbackStats {
     LatencyHistogram latency;                        // timed invocations, in ns
 
     // The series table's bookkeeping (under its mutex).
-    std::uint32_t registered = 0;       // callbacks of the series not yet gone
+    std::uint32_t registered = 0;       // callbacks of the series not yet gone (being added included)
+    bool ever_registered = false;       // a callback of the series was registered (and is gone)
     bool in_table = true;               // false once dropped past the retention limit
     std::uint64_t retained_round = 0;   // bumped each time the series loses its last callback
+    const std::string* identity = nullptr;  // its key in the table's map (named series)
 
     std::atomic<std::uint32_t> refs{1};
     void add_ref() noexcept { refs.fetch_add(1, std::memory_order_relaxed); }

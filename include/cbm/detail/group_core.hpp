@@ -182,8 +182,21 @@ public:
     MetricsSnapshot metrics(ForEachList&& for_each_list) const {
         require_metrics("metrics");
         MetricsSnapshot snapshot;
+        // Held while the nodes are matched to them below: a series dropped
+        // meanwhile must not be freed and its address reused.
+        std::vector<CallbackStats*> held;
         std::unordered_map<const CallbackStats*, std::size_t> index_of;
-        state_->series.for_each([&](const CallbackStats& s) {
+        struct Release {
+            std::vector<CallbackStats*>& series;
+            ~Release() {
+                for (CallbackStats* s : series) s->release_ref();
+            }
+        } release{held};
+        held.reserve(state_->series.size());
+        state_->series.for_each([&](CallbackStats& s) {
+            if (held.size() == held.capacity()) return;  // made after the reserve: next time
+            s.add_ref();
+            held.push_back(&s);
             index_of.emplace(&s, snapshot.callbacks.size());
             snapshot.callbacks.push_back(metrics_of(s));
         });

@@ -55,7 +55,7 @@ Node<Signature>* make_node(GroupState& group, F&& f, Options&& options, std::str
         node = new Node<Signature>(std::move(fn));
     } catch (...) {
         if (stats != nullptr) {
-            group.series.detach(stats);
+            group.series.abandon(stats);
             stats->release_ref();
         }
         throw;

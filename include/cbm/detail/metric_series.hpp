@@ -6,12 +6,16 @@
 // with the same ones add to one series, and a callback added again under
 // them continues its counts (Prometheus sees no reset). An unnamed callback
 // gets a series of its own, told apart by an id (a per-group sequence
-// number) that the export shows as a label.
+// number) that the export shows as a label. The identity is the exported
+// label set itself (labels sorted by name, values escaped and ill-formed
+// UTF-8 replaced), so two series never export alike.
 //
 // Retention: a series whose last callback went (its callable destroyed)
 // stays in the export, with its counts, until the group is destroyed; at
 // most `retention_limit` such series are kept, the oldest dropped first and
 // counted (`dropped()`). A dropped series is freed once no node points at it.
+// A callback that was never registered (add failed, or its context was
+// canceled already) leaves nothing behind: a series only it made goes.
 //
 // Memory ordering: the table and each series' `registered` count are under
 // the table's mutex; a series' reference count is dropped with acq_rel (the
@@ -20,6 +24,7 @@
 
 #include <atomic>
 #include <cstddef>
+#include <algorithm>
 #include <cstdint>
 #include <deque>
 #include <memory>
@@ -31,6 +36,7 @@
 
 #include "../observer.hpp"
 #include "callback_stats.hpp"
+#include "prometheus_text.hpp"
 
 namespace cbm::detail {
 
@@ -54,10 +60,11 @@ public:
     // that exists already is reused (its settings stay those it was made
     // with). Throws: std::bad_alloc (nothing changed).
     CallbackStats* attach(std::string key, std::string name, Labels labels, const SeriesSettings& settings) {
-        const std::lock_guard<std::mutex> lock(mutex_);
+        std::sort(labels.begin(), labels.end());
         std::string identity;
-        if (!name.empty()) {
-            identity = identity_of(key, name, labels);
+        if (!name.empty()) identity = label_set(SeriesLabels{key, name, 0, &labels});
+        const std::lock_guard<std::mutex> lock(mutex_);
+        if (!identity.empty()) {
             if (auto found = by_identity_.find(identity); found != by_identity_.end()) {
                 CallbackStats* s = found->second;
                 if (s->registered++ == 0) --retained_;
@@ -72,7 +79,10 @@ public:
         s->exact_latency = settings.exact_latency;
         s->slow_threshold_ns = settings.slow_threshold_ns;
         order_.reserve(order_.size() + 1);
-        if (!identity.empty()) by_identity_.emplace(std::move(identity), s);
+        if (!identity.empty()) {
+            auto placed = by_identity_.emplace(std::move(identity), s).first;
+            s->identity = &placed->first;  // a node-based map: stable while the entry lives
+        }
         order_.push_back(owned.release());  // the table's reference
         if (s->id != 0) ++next_id_;
         s->registered = 1;
@@ -80,31 +90,25 @@ public:
         return s;
     }
 
-    // Effect: one callback of `s` is gone (its callable destroyed, or it was
-    // never registered). Keeps the series, dropping the oldest kept one past
-    // the limit.
-    void detach(CallbackStats* s) noexcept {
-        CallbackStats* dropped = nullptr;
-        {
-            const std::lock_guard<std::mutex> lock(mutex_);
-            if (--s->registered != 0 || !s->in_table) return;
-            ++retained_;
-            ++s->retained_round;
-            try {
-                retired_order_.emplace_back(s, s->retained_round);
-            } catch (...) {
-                // Out of memory: this series is kept past the limit instead.
-            }
-            if (retained_ > limit_) dropped = drop_oldest_locked();
-        }
-        if (dropped != nullptr) dropped->release_ref();
-    }
+    // Effect: one registered callback of `s` is gone (its callable
+    // destroyed). Keeps the series, dropping the oldest kept one past the
+    // limit.
+    void detach(CallbackStats* s) noexcept { release_registration(s, true); }
+
+    // Effect: a callback of `s` that was never registered is gone. A series
+    // that no registered callback ever had goes with it.
+    void abandon(CallbackStats* s) noexcept { release_registration(s, false); }
 
     // Visits every series in creation order, under the table's mutex.
     template <class Visit>
-    void for_each(Visit&& visit) const {
+    void for_each(Visit&& visit) {
         const std::lock_guard<std::mutex> lock(mutex_);
-        for (const CallbackStats* s : order_) visit(*s);
+        for (CallbackStats* s : order_) visit(*s);
+    }
+
+    std::size_t size() const {
+        const std::lock_guard<std::mutex> lock(mutex_);
+        return order_.size();
     }
 
     std::uint64_t dropped() const {
@@ -113,17 +117,48 @@ public:
     }
 
 private:
-    static std::string identity_of(const std::string& key, const std::string& name, const Labels& labels) {
-        std::string id = key;
-        id += '\0';
-        id += name;
-        for (const auto& [label, value] : labels) {
-            id += '\0';
-            id += label;
-            id += '=';
-            id += value;
+    void release_registration(CallbackStats* s, bool was_registered) noexcept {
+        CallbackStats* gone = nullptr;
+        {
+            const std::lock_guard<std::mutex> lock(mutex_);
+            if (was_registered) s->ever_registered = true;
+            if (--s->registered != 0 || !s->in_table) return;
+            if (!s->ever_registered) {
+                remove_locked(s);  // never had a registered callback: as if never made
+                gone = s;
+            } else {
+                ++retained_;
+                ++s->retained_round;
+                try {
+                    retired_order_.emplace_back(s, s->retained_round);
+                } catch (...) {
+                    // Out of memory: this series is kept past the limit instead.
+                }
+                if (retained_ > limit_) gone = drop_oldest_locked();
+                // Entries go stale as series are registered again; keep the
+                // queue proportional to what it can still drop.
+                if (retired_order_.size() > 2 * retained_ + 64) drop_stale_locked();
+            }
         }
-        return id;
+        if (gone != nullptr) gone->release_ref();
+    }
+
+    static bool stale(const CallbackStats* s, std::uint64_t round) noexcept {
+        return !s->in_table || s->registered != 0 || s->retained_round != round;
+    }
+
+    void drop_stale_locked() noexcept {
+        std::erase_if(retired_order_, [](const auto& entry) { return stale(entry.first, entry.second); });
+    }
+
+    // Under mutex_: takes `s` out of the table (its reference is the caller's now).
+    void remove_locked(CallbackStats* s) noexcept {
+        s->in_table = false;
+        std::erase(order_, s);
+        if (const std::string* identity = std::exchange(s->identity, nullptr)) {
+            // By iterator: the key lives in the node being erased. No allocation.
+            if (auto found = by_identity_.find(*identity); found != by_identity_.end()) by_identity_.erase(found);
+        }
     }
 
     // Under mutex_: removes the oldest series that is still kept without a
@@ -132,13 +167,10 @@ private:
         while (!retired_order_.empty()) {
             const auto [s, round] = retired_order_.front();
             retired_order_.pop_front();
-            // Stale entries: the series was registered again since.
-            if (!s->in_table || s->registered != 0 || s->retained_round != round) continue;
-            s->in_table = false;
+            if (stale(s, round)) continue;  // registered again since, or gone
             --retained_;
             ++dropped_;
-            std::erase(order_, s);
-            if (!s->name.empty()) by_identity_.erase(identity_of(s->key_text, s->name, s->labels));
+            remove_locked(s);
             return s;
         }
         return nullptr;

@@ -112,11 +112,20 @@ struct NodeBase {
     }
 
     // Destroys the user's callable and filter exactly once, then tells the
-    // companion. The caller holds a reference to the node.
-    void destroy_target_once() noexcept {
+    // metric series and the companion. `was_registered`: false for a node
+    // that was never linked into a list. The caller holds a reference.
+    void destroy_target_once(bool was_registered = true) noexcept {
         if (target_destroyed.exchange(true, std::memory_order_seq_cst)) return;
         destroy_target();
-        if (stats != nullptr) group->series.detach(stats);  // the series is kept (metric_series.hpp)
+        if (stats != nullptr) {
+            // The series is kept (metric_series.hpp), unless only this node,
+            // never registered, had it.
+            if (was_registered) {
+                group->series.detach(stats);
+            } else {
+                group->series.abandon(stats);
+            }
+        }
         take_companion_after_destroy();
     }
 

@@ -5,7 +5,8 @@
 
 #include <cstddef>
 #include <cstdint>
-#include <cstdio>
+#include <charconv>
+#include <system_error>
 #include <string>
 #include <string_view>
 #include <utility>
@@ -143,11 +144,14 @@ inline std::string label_set(const SeriesLabels& series, std::string_view extra_
     return out;
 }
 
-// Seconds from nanoseconds, printed so that Prometheus parses it.
+// Seconds from nanoseconds, printed so that Prometheus parses it: nine
+// significant digits, always with a '.' (std::to_chars ignores the locale,
+// which printf's %g would follow).
 inline std::string seconds(double ns) {
-    char buffer[32];
-    std::snprintf(buffer, sizeof buffer, "%.9g", ns * 1e-9);
-    return buffer;
+    char buffer[40];
+    const auto [end, error] = std::to_chars(buffer, buffer + sizeof buffer, ns * 1e-9, std::chars_format::general, 9);
+    if (error != std::errc{}) return "NaN";
+    return std::string(buffer, end);
 }
 
 }  // namespace cbm::detail

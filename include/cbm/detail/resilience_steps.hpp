@@ -112,19 +112,19 @@ std::exception_ptr attempt_with_timeout(const Node<Signature>& node, GroupState&
         const ContextScope scope(child);
         const auto start = clock.now();
         error = invoke_instrumented(node, group, thread_index, sampled, args...);
-        overran = clock.now() - start > r.timeout ||
-                  (own_deadline && child.err() == errc::deadline_exceeded && !outer.canceled());
+        // Its own deadline comes first, so a deadline_exceeded child was
+        // expired by its own timer (the outer one ends later, or was canceled).
+        overran = clock.now() - start > r.timeout || (own_deadline && child.err() == errc::deadline_exceeded);
         cancel();
-    } catch (...) {
-        return std::current_exception();  // the child context could not be made
-    }
-    if (overran) {
-        if (node.stats != nullptr) CallbackStats::bump(node.stats->timed_out);
-        if (!error) {
+        if (overran && !error) {
             error = std::make_exception_ptr(
                 std::system_error(make_error_code(errc::deadline_exceeded), "cbm: callback overran its timeout"));
         }
+    } catch (...) {
+        // The child context or the error could not be made: that is the failure.
+        if (!error) error = std::current_exception();
     }
+    if (overran && node.stats != nullptr) CallbackStats::bump(node.stats->timed_out);
     return error;
 }
 

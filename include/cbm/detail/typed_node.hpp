@@ -41,7 +41,7 @@ private:
         fn().~Fn();
         if (stats != nullptr) {
             // A node never registered (add failed) never destroyed its target.
-            if (!target_destroyed.load(std::memory_order_relaxed)) group->series.detach(stats);
+            if (!target_destroyed.load(std::memory_order_relaxed)) group->series.abandon(stats);
             stats->release_ref();
         }
         delete resilience;

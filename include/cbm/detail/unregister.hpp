@@ -69,7 +69,7 @@ inline void detach(NodeBase* n) {
 inline NodeBase* make_unregistered(NodeBase* n) noexcept {
     n->state.fetch_or(kUnregistered, std::memory_order_relaxed);
     n->refs.store(1, std::memory_order_relaxed);
-    n->destroy_target_once();
+    n->destroy_target_once(false);
     return n;
 }
 
