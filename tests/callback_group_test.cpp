@@ -795,3 +795,30 @@ TEST_CASE("a callback that holds the only handle of its own binding context can 
     external->request_stop();  // unregisters the callback, whose destruction frees the context
     REQUIRE(group.empty());
 }
+
+TEST_CASE("ok() means everything ran and nothing failed: a trigger cut short by its context or token is not ok",
+          "[group][result]") {
+    CallbackGroup<void()> group;
+    auto [ctx, cancel] = cbm::with_cancel(cbm::Context::background());
+    group.add([cancel = cancel] { cancel(); }, {.priority = 1});  // ends the trigger's context
+    int later_runs = 0;
+    group.add([&] { ++later_runs; });
+    const cbm::TriggerResult cut = group.trigger(ctx);
+    REQUIRE(cut.failed == 0);
+    REQUIRE(cut.stopped);
+    REQUIRE(cut.skipped == 1);
+    REQUIRE_FALSE(cut.ok());
+    REQUIRE(later_runs == 0);
+
+    std::stop_source source;
+    source.request_stop();
+    REQUIRE_FALSE(group.trigger(source.get_token()).ok());
+
+    // A callback's own filter skipping it is not "cut short".
+    CallbackGroup<void(int)> filtered;
+    filtered.add([](int) {}, {.filter = [](const int& x) { return x > 0; }});
+    const cbm::TriggerResult skipped = filtered.trigger(-1);
+    REQUIRE(skipped.skipped == 1);
+    REQUIRE(skipped.ok());
+    REQUIRE(filtered.trigger(1).ok());
+}
