@@ -117,7 +117,7 @@ TEST_CASE("a dropped context with a deadline lives until its timer fires, then i
     }
     // The timer is a handle: the deadline still fires, and reaches the token.
     REQUIRE(eventually([&] { return token.stop_requested(); }));
-    REQUIRE(eventually([&] { return children_held(root) == 0; }));
+    REQUIRE(eventually([&root = root] { return children_held(root) == 0; }));
 }
 
 TEST_CASE("a callback bound to a dropped child context is still unregistered when the parent is canceled",
@@ -143,7 +143,7 @@ TEST_CASE("a callback bound to a context and unregistered lets the dropped conte
           "[context][lifetime]") {
     auto [parent, cancel_parent] = cbm::with_cancel({});
     cbm::CallbackGroup<void()> group;
-    auto bind_and_unregister = [&](int rounds) {
+    auto bind_and_unregister = [&group, &parent = parent](int rounds) {
         for (int i = 0; i < rounds; ++i) {
             cbm::Registration registration;
             {
@@ -183,7 +183,7 @@ TEST_CASE("an after_func on a dropped child context still runs when the parent i
     REQUIRE(children_held(parent) == 1);
     cancel_parent();
     REQUIRE(eventually([&] { return ran.load(); }));
-    REQUIRE(eventually([&] { return children_held(parent) == 0; }));
+    REQUIRE(eventually([&parent = parent] { return children_held(parent) == 0; }));
 }
 
 TEST_CASE("threads dropping children race a cancellation of their parent: every node freed once",
