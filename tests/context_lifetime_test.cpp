@@ -19,11 +19,13 @@
 #include <catch2/catch.hpp>
 
 #include "live_bytes.hpp"
+#include "context_probe.hpp"
 #include "test_support.hpp"
 
 namespace {
 
 using cbm::Context;
+using cbm_test::children_held;
 using cbm_test::Counter;
 using cbm_test::eventually;
 using cbm_test::live_bytes;
@@ -53,20 +55,6 @@ constexpr bool kSanitized = false;
 constexpr bool kSanitized = false;
 #endif
 
-// How many children a cancelable context holds in its list (white-box).
-std::size_t children_held(const Context& ctx) {
-    cbm::detail::CancelNode* node = cbm::detail::ContextAccess::canceler(ctx);
-    std::lock_guard<cbm::detail::WordMutex> lock(node->mutex);
-    std::size_t n = 0;
-    if (const cbm::detail::CancelNode* first = node->children) {
-        const cbm::detail::CancelNode* c = first;
-        do {
-            ++n;
-            c = c->next;
-        } while (c != first);
-    }
-    return n;
-}
 
 }  // namespace
 

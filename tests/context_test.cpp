@@ -20,11 +20,13 @@
 #include <thread>
 #include <vector>
 
+#include "context_probe.hpp"
 #include "test_support.hpp"
 
 using namespace std::chrono_literals;
 using cbm_test::code_of;
 using cbm::Context;
+using cbm_test::children_held;
 using cbm_test::Counter;
 using cbm_test::eventually;
 using cbm_test::Gate;
@@ -38,20 +40,6 @@ const cbm::ContextKey<std::string> other_trace_id{"trace_id"};  // same name, di
 const cbm::ContextKey<int> attempt{"attempt"};
 const cbm::ContextKey<Tracked> tracked_key{"tracked"};
 
-// How many children a cancelable context holds in its list (white-box).
-std::size_t children_held(const Context& ctx) {
-    cbm::detail::CancelNode* node = cbm::detail::ContextAccess::canceler(ctx);
-    std::lock_guard<cbm::detail::WordMutex> lock(node->mutex);
-    std::size_t n = 0;
-    if (cbm::detail::CancelNode* first = node->children) {
-        const cbm::detail::CancelNode* c = first;
-        do {
-            ++n;
-            c = c->next;
-        } while (c != first);
-    }
-    return n;
-}
 
 std::size_t thread_count() {
     std::size_t n = 0;
