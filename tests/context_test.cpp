@@ -70,7 +70,7 @@ TEST_CASE("errc::canceled equals std::errc::operation_canceled and deadline_exce
     REQUIRE(canceled != std::errc::timed_out);
     REQUIRE(deadline != std::errc::operation_canceled);
     REQUIRE(canceled != deadline);
-    REQUIRE(std::string(canceled.category().name()) == "cbm.context");
+    REQUIRE(std::string(canceled.category().name()) == "cbm");
     REQUIRE(canceled.message() == "context canceled");
     REQUIRE(deadline.message() == "context deadline exceeded");
     REQUIRE_FALSE(std::error_code{});

@@ -9,6 +9,7 @@
 #include <type_traits>
 #include <utility>
 
+#include "async_result.hpp"
 #include "callback_options.hpp"
 #include "context.hpp"
 #include "detail/callback_list.hpp"
@@ -96,6 +97,31 @@ public:
         return core_.trigger_in(ctx, [&](auto should_stop) { return run(should_stop, args...); });
     }
 
+    // Effect: runs every registered callback with a copy of `args` (made once,
+    // shared by all), each as one task on its executor (CallbackOptions::
+    // executor, else GroupOptions::executor), submitted in priority order;
+    // callbacks without an executor, or with inline_executor(), run here,
+    // during the call, in their turn. Inside every callback,
+    // cbm::current_context() is the caller's current_context() (trace ids
+    // travel). A callback unregistered before its task starts never starts
+    // (it counts as skipped); unregister() waits only for tasks already
+    // running it. Failures reach the error policy, the handlers, metrics and
+    // the AsyncResult as with trigger(); an executor that refuses a task
+    // (errc::queue_full, errc::executor_shut_down) or drops it
+    // (errc::task_dropped) fails that invocation.
+    // Returns: the AsyncResult, ready when every callback has finished.
+    // Blocks: only in an executor's execute() (a full ThreadPool with
+    // Overflow::block) and in callbacks that run here.
+    // Compile-time: arguments are taken by value or const reference (a
+    // callback taking a non-const reference would change the copy).
+    AsyncResult trigger_async(Args... args) { return run_async(current_context(), args...); }
+
+    // Effect: as trigger_async(args...), with `ctx` as current_context() in
+    // every callback. Once `ctx` is canceled, tasks not yet started are
+    // skipped (counted as skipped_canceled, and the result is stopped);
+    // running ones see it through current_context().
+    AsyncResult trigger_async(const Context& ctx, Args... args) { return run_async(ctx, args...); }
+
     // Effect: unregisters every callback and waits until none runs on another
     // thread (see Registration::unregister), also none removed earlier by any
     // path (unregister_nowait, a context, a once run, another clear), then
@@ -158,6 +184,14 @@ private:
     // the one call a trigger makes.
     [[gnu::always_inline]] TriggerResult run(ShouldStop&& should_stop, Args&... args) {
         return core_.trigger([this] { return &list_; }, should_stop, args...);
+    }
+
+    AsyncResult run_async(const Context& ctx, Args&... args) {
+        static_assert((detail::kAsyncArgument<Args> && ...),
+                      "cbm::CallbackGroup::trigger_async: the arguments are copied once and shared by the "
+                      "callbacks, so each parameter must be a value or a const reference; pass a pointer (or "
+                      "std::reference_wrapper) to let callbacks change the caller's object");
+        return core_.trigger_async([this] { return &list_; }, ctx, std::move(args)...);
     }
 
     detail::GroupCore<signature> core_;

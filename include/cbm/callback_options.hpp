@@ -1,6 +1,6 @@
 // cbm/callback_options.hpp - cbm::CallbackOptions<Signature>: how one
 // callback is registered (priority, once, name, filter, context, labels,
-// timeout, retry, circuit breaker, slow threshold). The same type serves CallbackGroup and
+// timeout, retry, circuit breaker, slow threshold, executor). The same type serves CallbackGroup and
 // CallbackRegistry (their `options_type`).
 #pragma once
 
@@ -8,6 +8,7 @@
 #include <string>
 
 #include "context.hpp"
+#include "executor.hpp"
 #include "detail/typed_node.hpp"
 #include "observer.hpp"
 #include "resilience.hpp"
@@ -42,6 +43,10 @@ struct CallbackOptions {
     // std::invalid_argument for a negative threshold, or std::logic_error
     // when the group has no metrics.
     std::chrono::nanoseconds slow_threshold{0};
+    // Where trigger_async() runs this callback, instead of the group's
+    // GroupOptions::executor; cbm::inline_executor(): on the calling thread.
+    // Empty: the group's. trigger() always runs it on the calling thread.
+    AnyExecutor executor = {};
 };
 
 }  // namespace cbm

@@ -17,6 +17,7 @@
 #include <utility>
 #include <vector>
 
+#include "async_result.hpp"
 #include "callback_options.hpp"
 #include "context.hpp"
 #include "detail/group_core.hpp"
@@ -122,6 +123,24 @@ public:
         return run_in(ctx, key, args...);
     }
 
+    // Effect: runs the callbacks registered under `key` asynchronously, as
+    // CallbackGroup::trigger_async does. An unknown key gives a ready result
+    // with invoked == 0.
+    AsyncResult trigger_async(const Key& key, Args... args) { return run_async(current_context(), key, args...); }
+    AsyncResult trigger_async(const Context& ctx, const Key& key, Args... args) {
+        return run_async(ctx, key, args...);
+    }
+    template <class K>
+        requires detail::transparent_lookup<Hash, KeyEqual, K, Key>
+    AsyncResult trigger_async(const K& key, Args... args) {
+        return run_async(current_context(), key, args...);
+    }
+    template <class K>
+        requires detail::transparent_lookup<Hash, KeyEqual, K, Key>
+    AsyncResult trigger_async(const Context& ctx, const K& key, Args... args) {
+        return run_async(ctx, key, args...);
+    }
+
     // Effect: unregisters every callback under `key` and waits as
     // Registration::unregister does, also for callbacks of the key removed
     // earlier (unregister_nowait, a context, a once run, another erase) that
@@ -209,6 +228,17 @@ private:
     template <class K>
     TriggerResult run_in(const Context& ctx, const K& key, Args&... args) {
         return core_.trigger_in(ctx, [&](auto should_stop) { return run(key, should_stop, args...); });
+    }
+
+    template <class K>
+    AsyncResult run_async(const Context& ctx, const K& key, Args&... args) {
+        static_assert((detail::kAsyncArgument<Args> && ...),
+                      "cbm::CallbackRegistry::trigger_async: the arguments are copied once and shared by the "
+                      "callbacks, so each parameter must be a value or a const reference; pass a pointer (or "
+                      "std::reference_wrapper) to let callbacks change the caller's object");
+        const std::size_t h = table_.hash(key);
+        return core_.trigger_async([&]() -> detail::CallbackList* { return table_.find(key, h); }, ctx,
+                                   std::move(args)...);
     }
 
     detail::GroupCore<signature> core_;

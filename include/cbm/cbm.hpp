@@ -2,6 +2,7 @@
 #pragma once
 
 #include "after_func.hpp"
+#include "async_result.hpp"
 #include "callback.hpp"
 #include "callback_group.hpp"
 #include "callback_options.hpp"
@@ -9,6 +10,7 @@
 #include "context.hpp"
 #include "errc.hpp"
 #include "error_policy.hpp"
+#include "executor.hpp"
 #include "group_options.hpp"
 #include "histogram.hpp"
 #include "metrics.hpp"
@@ -18,5 +20,6 @@
 #include "registration.hpp"
 #include "resilience.hpp"
 #include "snapshot.hpp"
+#include "thread_pool.hpp"
 #include "trace.hpp"
 #include "version.hpp"

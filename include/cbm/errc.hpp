@@ -1,10 +1,12 @@
-// cbm/errc.hpp - the errors a cbm::Context reports: Go's context.Canceled and
-// context.DeadlineExceeded as a std::error_code category.
+// cbm/errc.hpp - the errors cbm reports as std::error_code: a Context's
+// (Go's context.Canceled and context.DeadlineExceeded) and an executor's
+// (a full queue, a shut-down pool, a task dropped unrun).
 //
 //   std::error_code ec = ctx.err();
 //   if (ec == cbm::errc::canceled) ...              // exactly this error
 //   if (ec == std::errc::operation_canceled) ...    // portable condition: also true
 //   if (ec == std::errc::timed_out) ...             // true for deadline_exceeded
+//   catch (const std::system_error& e) { if (e.code() == cbm::errc::queue_full) ... }
 #pragma once
 
 #include <string>
@@ -15,30 +17,41 @@ namespace cbm {
 
 // Values start at 1: a value-initialized std::error_code means "no error".
 enum class errc : int {
-    canceled = 1,           // Go: context.Canceled
-    deadline_exceeded = 2,  // Go: context.DeadlineExceeded
+    canceled = 1,            // Go: context.Canceled
+    deadline_exceeded = 2,   // Go: context.DeadlineExceeded
+    queue_full = 3,          // an executor's queue had no room (Overflow::reject)
+    executor_shut_down = 4,  // the executor was shut down and takes no more work
+    task_dropped = 5,        // the executor destroyed the task without running it
 };
 
 namespace detail {
 
-class ContextErrorCategory final : public std::error_category {
+class ErrorCategory final : public std::error_category {
 public:
-    const char* name() const noexcept override { return "cbm.context"; }
+    const char* name() const noexcept override { return "cbm"; }
 
     std::string message(int value) const override {
         switch (static_cast<errc>(value)) {
             case errc::canceled: return "context canceled";
             case errc::deadline_exceeded: return "context deadline exceeded";
+            case errc::queue_full: return "executor queue full";
+            case errc::executor_shut_down: return "executor shut down";
+            case errc::task_dropped: return "task dropped by its executor without running";
         }
-        return "unknown cbm.context error";
+        return "unknown cbm error";
     }
 
     // The portable conditions: canceled is operation_canceled, a missed
-    // deadline is timed_out. This makes `ec == std::errc::timed_out` work.
+    // deadline is timed_out (so `ec == std::errc::timed_out` works), a full
+    // queue is resource_unavailable_try_again; a shut-down executor and a
+    // dropped task are operation_canceled.
     std::error_condition default_error_condition(int value) const noexcept override {
         switch (static_cast<errc>(value)) {
             case errc::canceled: return std::make_error_condition(std::errc::operation_canceled);
             case errc::deadline_exceeded: return std::make_error_condition(std::errc::timed_out);
+            case errc::queue_full: return std::make_error_condition(std::errc::resource_unavailable_try_again);
+            case errc::executor_shut_down:
+            case errc::task_dropped: return std::make_error_condition(std::errc::operation_canceled);
         }
         return std::error_condition(value, *this);
     }
@@ -49,12 +62,15 @@ public:
 // The category of cbm::errc. One object for the whole program (an inline
 // function's static), so error codes compare equal across translation units.
 // Never destroyed: error codes stay valid in static destructors.
-inline const std::error_category& context_category() noexcept {
-    static const detail::ContextErrorCategory* const category = new detail::ContextErrorCategory();
+inline const std::error_category& error_category() noexcept {
+    static const detail::ErrorCategory* const category = new detail::ErrorCategory();
     return *category;
 }
 
-inline std::error_code make_error_code(errc e) noexcept { return {static_cast<int>(e), context_category()}; }
+// The name this category had when it held only a context's errors.
+inline const std::error_category& context_category() noexcept { return error_category(); }
+
+inline std::error_code make_error_code(errc e) noexcept { return {static_cast<int>(e), error_category()}; }
 
 }  // namespace cbm
 

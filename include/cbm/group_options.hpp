@@ -5,6 +5,7 @@
 #include <cstdint>
 
 #include "error_policy.hpp"
+#include "executor.hpp"
 #include "resilience.hpp"  // ResilienceClock
 
 namespace cbm {
@@ -27,6 +28,11 @@ struct GroupOptions {
     // How many metric series of callbacks that are gone metrics() keeps
     // reporting (metrics.hpp); past it the oldest are dropped and counted.
     std::uint32_t metrics_retention = 1024;
+    // Where trigger_async() runs each callback (executor.hpp): one task per
+    // invocation. Empty: on the calling thread, during trigger_async().
+    // CallbackOptions::executor overrides it per callback. trigger() always
+    // runs every callback on the calling thread.
+    AnyExecutor executor = {};
 };
 
 }  // namespace cbm

@@ -26,6 +26,7 @@
 #pragma once
 
 #include <chrono>
+#include <cstddef>
 #include <cstdint>
 #include <string>
 #include <vector>
@@ -59,6 +60,9 @@ struct CallbackMetrics {
     CircuitState circuit = CircuitState::closed;  // where its circuit breaker is now
     bool latency_sampled = true;         // latency_ns holds one invocation in latency_sample_every
     HistogramSnapshot latency_ns;        // timed invocations
+    // Invocations of trigger_async() that an executor ran: the time from
+    // submission to start, every one (latency_ns is the run time).
+    HistogramSnapshot queue_wait_ns;
 };
 
 // The registered callbacks of one group or registry. Each callback's numbers
@@ -105,9 +109,30 @@ struct MetricsSnapshot {
             total->circuit_open = total->circuit_open || m.circuit_open;
             if (m.circuit > total->circuit) total->circuit = m.circuit;
             total->latency_ns.merge(m.latency_ns);
+            total->queue_wait_ns.merge(m.queue_wait_ns);
         }
         return totals;
     }
+};
+
+// A ThreadPool's numbers at one moment (thread_pool.hpp), all read under
+// its lock.
+struct ThreadPoolMetrics {
+    std::size_t threads = 0;         // running now
+    std::size_t busy = 0;            // running a task now (pool threads, and callers running one)
+    std::size_t queued = 0;          // tasks waiting now
+    std::size_t queue_capacity = 0;
+    std::size_t blocked_producers = 0;  // threads waiting in execute() for room (Overflow::block)
+    std::size_t min_threads = 0;
+    std::size_t max_threads = 0;
+    std::size_t peak_threads = 0;    // most threads running at once so far
+    std::uint64_t threads_started = 0;
+    std::uint64_t submitted = 0;     // tasks queued
+    std::uint64_t completed = 0;     // tasks that ran (on the pool or on a caller)
+    std::uint64_t rejected = 0;      // refused because the queue was full (Overflow::reject)
+    std::uint64_t ran_on_caller = 0; // run by the submitting thread (caller_runs, or a full queue seen by a pool task)
+    std::uint64_t task_errors = 0;   // tasks that threw
+    bool shut_down = false;
 };
 
 }  // namespace cbm

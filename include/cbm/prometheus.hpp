@@ -1,7 +1,8 @@
-// cbm/prometheus.hpp - cbm::to_prometheus: a MetricsSnapshot as Prometheus
-// text.
+// cbm/prometheus.hpp - cbm::to_prometheus: a MetricsSnapshot, or a
+// ThreadPool's numbers, as Prometheus text.
 //
 //   std::string text = cbm::to_prometheus(group.metrics());
+//   text += cbm::to_prometheus(pool.metrics(), "cbm_pool", {{"pool", "io"}});
 #pragma once
 
 #include <stdexcept>
@@ -33,6 +34,8 @@ namespace cbm {
 //   gauges    <prefix>_latency_max_seconds (exact series only) and
 //             <prefix>_latency_sampled_max_seconds (the largest of the
 //             sampled invocations: not the true maximum);
+//   a summary <prefix>_queue_wait_seconds: trigger_async() to the start of
+//             the callback on its executor (every such invocation);
 //   a counter <prefix>_series_dropped_total (series dropped past the
 //             retention limit; no labels).
 // Every series has the labels key and callback, id for an unnamed callback
@@ -138,8 +141,68 @@ inline std::string to_prometheus(const MetricsSnapshot& snapshot, std::string_vi
                    detail::seconds(static_cast<double>(m.latency_ns.max())));
         }
     }
+    family("_queue_wait_seconds", "summary",
+           "Time from trigger_async() to the start of the callback on its executor (every such invocation).");
+    for (const CallbackMetrics& m : snapshot.callbacks) {
+        for (const auto& [q, pct] : {std::pair{"0.5", 50.0}, std::pair{"0.95", 95.0}, std::pair{"0.99", 99.0}}) {
+            sample("_queue_wait_seconds", detail::label_set(labels_of(m), "quantile", q),
+                   detail::seconds(m.queue_wait_ns.percentile(pct)));
+        }
+        const std::string labels = detail::label_set(labels_of(m));
+        sample("_queue_wait_seconds_sum", labels, detail::seconds(static_cast<double>(m.queue_wait_ns.sum())));
+        sample("_queue_wait_seconds_count", labels, std::to_string(m.queue_wait_ns.count()));
+    }
     family("_series_dropped_total", "counter", "Series of unregistered callbacks dropped past the retention limit.");
     out += p + "_series_dropped_total " + std::to_string(snapshot.dropped_series) + '\n';
+    return out;
+}
+
+// Renders a ThreadPool's numbers (metrics.hpp) in the same format:
+//   gauges    <prefix>_threads, <prefix>_busy_threads, <prefix>_queue_depth,
+//             <prefix>_queue_capacity, <prefix>_blocked_producers,
+//             <prefix>_max_threads,
+//             <prefix>_peak_threads;
+//   counters  <prefix>_tasks_submitted_total, <prefix>_tasks_completed_total,
+//             <prefix>_rejected_total (queue full, Overflow::reject),
+//             <prefix>_caller_runs_total, <prefix>_task_errors_total,
+//             <prefix>_threads_started_total.
+// `labels` (for example {{"pool", "io"}}) go on every sample, so that the
+// text of several pools can be concatenated.
+// Throws: std::invalid_argument for a prefix or label name Prometheus would
+// reject.
+inline std::string to_prometheus(const ThreadPoolMetrics& pool, std::string_view prefix = "cbm_pool",
+                                 const Labels& labels = {}) {
+    if (!detail::valid_metric_prefix(prefix)) {
+        throw std::invalid_argument("cbm::to_prometheus: invalid metric name prefix \"" + std::string(prefix) +
+                                    "\" (use [a-zA-Z_:][a-zA-Z0-9_:]*)");
+    }
+    for (const auto& [name, value] : labels) {
+        if (!detail::valid_label_name(name)) {
+            throw std::invalid_argument("cbm::to_prometheus: invalid label name \"" + name + "\"");
+        }
+    }
+    const std::string label_text = detail::plain_label_set(labels);
+    std::string out;
+    auto metric = [&](const char* suffix, const char* type, const char* help, auto value) {
+        const std::string name = std::string(prefix) + suffix;
+        out += "# HELP " + name + ' ' + help + '\n';
+        out += "# TYPE " + name + ' ' + type + '\n';
+        out += name + label_text + ' ' + std::to_string(value) + '\n';
+    };
+    metric("_threads", "gauge", "Threads of the pool running now.", pool.threads);
+    metric("_busy_threads", "gauge", "Threads running a task now (callers running one included).", pool.busy);
+    metric("_queue_depth", "gauge", "Tasks waiting in the queue now.", pool.queued);
+    metric("_queue_capacity", "gauge", "Tasks the queue holds at most.", pool.queue_capacity);
+    metric("_blocked_producers", "gauge", "Threads waiting for room in the queue now.", pool.blocked_producers);
+    metric("_max_threads", "gauge", "Threads the pool grows to at most.", pool.max_threads);
+    metric("_peak_threads", "gauge", "Most threads running at once so far.", pool.peak_threads);
+    metric("_tasks_submitted_total", "counter", "Tasks queued.", pool.submitted);
+    metric("_tasks_completed_total", "counter", "Tasks that ran, on the pool or on a caller.", pool.completed);
+    metric("_rejected_total", "counter", "Tasks refused because the queue was full.", pool.rejected);
+    metric("_caller_runs_total", "counter", "Tasks run by the submitting thread because the queue was full.",
+           pool.ran_on_caller);
+    metric("_task_errors_total", "counter", "Tasks that threw.", pool.task_errors);
+    metric("_threads_started_total", "counter", "Threads started so far.", pool.threads_started);
     return out;
 }
 

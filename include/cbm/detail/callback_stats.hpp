@@ -72,6 +72,7 @@ struct CallbackStats {
     std::atomic<std::uint64_t> retries{0};
     std::atomic<std::uint64_t> slow{0};              // timed invocations above slow_threshold_ns
     LatencyHistogram latency;                        // timed invocations, in ns
+    LatencyHistogram queue_wait;                     // trigger_async: from submission to start, in ns (every task)
 
     // The series table's bookkeeping (under its mutex).
     std::uint32_t registered = 0;       // callbacks of the series not yet gone (being added included)

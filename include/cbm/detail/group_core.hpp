@@ -18,11 +18,13 @@
 #include <utility>
 #include <vector>
 
+#include "../async_result.hpp"
 #include "../context.hpp"
 #include "../error_policy.hpp"
 #include "../group_options.hpp"
 #include "../metrics.hpp"
 #include "../observer.hpp"
+#include "async_dispatch.hpp"
 #include "callback_list.hpp"
 #include "callback_stats.hpp"
 #include "context_binding.hpp"
@@ -55,7 +57,7 @@ public:
     // ("CallbackGroup", "group").
     GroupCore(const GroupOptions& options, const char* owner, const char* noun)
         : state_(new GroupState(options.error_policy, options.metrics, options.latency_sample_every, options.clock,
-                                options.metrics_retention)),
+                                options.metrics_retention, options.executor)),
           owner_(owner),
           noun_(noun) {}
     GroupCore(const GroupCore&) = delete;
@@ -143,6 +145,29 @@ public:
         const ContextScope scope(ctx);
         if (const CancelNode* c = ContextAccess::canceler(ctx)) return run(StopWhenCanceled{c});
         return run(NeverStop{});
+    }
+
+    // trigger_async: walks the list `find_list()` returns (null: none) with
+    // `ctx` and a copy of `args`, running each callback inline or handing it
+    // to its executor (async_dispatch.hpp). The result is ready once every
+    // task has finished.
+    template <class FindList, class... A>
+    AsyncResult trigger_async(FindList&& find_list, Context ctx, A&&... args) {
+        auto* state = new AsyncState<signature>(*state_, std::move(ctx), std::forward<A>(args)...);
+        AsyncResult result(state);  // adopts the first reference
+        TriggerResult part;
+        try {
+            const ContextScope context_scope(state->context);
+            TriggerScope scope(state_, state_->fenced_entry);
+            if (CallbackList* list = find_list()) submit_list(scope, *list, *state, part);
+        } catch (...) {
+            // Only cbm's bookkeeping throws here (out of memory); what was
+            // submitted completes, and the result says the walk was cut.
+            part.stopped = true;
+        }
+        state->merge(std::move(part));
+        state->finish_one();  // the walk's own count
+        return result;
     }
 
     // Takes callbacks out with `take_locked(TakenNodes&)` (under the lock;
@@ -255,6 +280,7 @@ private:
         m.slow_threshold = std::chrono::nanoseconds(static_cast<std::int64_t>(s.slow_threshold_ns));
         m.latency_sampled = !s.exact_latency;
         m.latency_ns = s.latency.snapshot();
+        m.queue_wait_ns = s.queue_wait.snapshot();
         return m;
     }
 

@@ -18,6 +18,7 @@
 #include <vector>
 
 #include "../error_policy.hpp"
+#include "../executor.hpp"
 #include "../observer.hpp"
 #include "epoch.hpp"
 #include "metric_series.hpp"
@@ -30,12 +31,13 @@ namespace cbm::detail {
 
 struct GroupState {
     GroupState(ErrorPolicy p, bool instrumented, std::uint32_t sample_every, ResilienceClock* c,
-               std::uint32_t metrics_retention = 1024) noexcept
+               std::uint32_t metrics_retention = 1024, AnyExecutor default_executor = {}) noexcept
         : policy(p),
           metrics(instrumented),
           latency_sample_every(sample_every == 0 ? 1 : sample_every),
           clock(c),
-          series(metrics_retention) {}
+          series(metrics_retention),
+          executor(std::move(default_executor)) {}
     GroupState(const GroupState&) = delete;
     GroupState& operator=(const GroupState&) = delete;
 
@@ -48,6 +50,7 @@ struct GroupState {
     const std::uint32_t latency_sample_every; // time one invocation in this many, per thread
     ResilienceClock* const clock;             // timeouts, backoff, cool-downs; null: the steady clock
     SeriesTable series;                       // the metric series (metric_series.hpp); empty without metrics
+    const AnyExecutor executor;               // trigger_async's default (GroupOptions::executor); empty: inline
 
     std::atomic<CallbackObserver*> observer{nullptr};  // read by triggers
 

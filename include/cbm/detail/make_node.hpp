@@ -40,6 +40,8 @@ Node<Signature>* make_node(GroupState& group, F&& f, Options&& options, std::str
         throw std::logic_error("cbm: CallbackOptions::slow_threshold needs an instrumented group "
                                "(GroupOptions{.metrics = true})");
     }
+    std::unique_ptr<AnyExecutor> executor;
+    if (options.executor) executor = std::make_unique<AnyExecutor>(std::move(options.executor));
     CallbackStats* stats = nullptr;
     if (group.metrics) {
         // Every invocation of a callback that is timed anyway (timeout,
@@ -62,6 +64,7 @@ Node<Signature>* make_node(GroupState& group, F&& f, Options&& options, std::str
     }
     node->stats = stats;
     node->resilience = resilience.release();
+    node->executor = executor.release();
     node->filter = std::move(options.filter);
     const bool timed_always = node->stats != nullptr && node->stats->exact_latency && group.latency_sample_every != 1;
     node->state.store((node->filter ? kFiltered : 0u) | (options.once ? kOnce : 0u) |

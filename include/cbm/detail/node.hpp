@@ -20,6 +20,7 @@
 #include <cstdint>
 #include <string>
 
+#include "../executor.hpp"
 #include "callback_stats.hpp"
 #include "epoch.hpp"
 #include "group_state.hpp"
@@ -87,6 +88,7 @@ struct NodeBase {
     std::string name;                    // immutable
     CallbackStats* stats = nullptr;      // immutable, counted: the node's metric series (instrumented groups)
     Resilience* resilience = nullptr;    // immutable; owned by Node<Sig>: timeout / retry / circuit breaker
+    AnyExecutor* executor = nullptr;     // immutable; owned by Node<Sig>: CallbackOptions::executor (null: the group's)
     // Set once, after publication (ContextBinding::attach); taken by whoever
     // sees both it and target_destroyed (seq_cst on both sides).
     std::atomic<TargetCompanion*> companion{nullptr};

@@ -144,6 +144,22 @@ inline std::string label_set(const SeriesLabels& series, std::string_view extra_
     return out;
 }
 
+// Labels of a series that has no key or callback (a pool's): "" when
+// there are none, else {name="value",...}.
+inline std::string plain_label_set(const Labels& labels) {
+    if (labels.empty()) return {};
+    std::string out = "{";
+    for (const auto& [name, value] : labels) {
+        if (out.size() > 1) out += ',';
+        out += name;
+        out += "=\"";
+        append_escaped(out, value);
+        out += '"';
+    }
+    out += '}';
+    return out;
+}
+
 // Seconds from nanoseconds, printed so that Prometheus parses it: nine
 // significant digits, always with a '.' (std::to_chars ignores the locale,
 // which printf's %g would follow).

@@ -45,6 +45,7 @@ private:
             stats->release_ref();
         }
         delete resilience;
+        delete executor;
     }
     void destroy_target() noexcept override {
         fn().reset();

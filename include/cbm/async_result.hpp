@@ -1,0 +1,234 @@
+// cbm/async_result.hpp - cbm::AsyncResult: the outcome of one
+// trigger_async(), ready once every callback it started has finished.
+//
+//   cbm::AsyncResult r = group.trigger_async(order);
+//   if (r.wait_for(10ms)) log(r.get().invoked);
+//   cbm::TriggerResult res = co_await group.trigger_async(order);  // in a coroutine
+//
+// It is a shared handle, like std::shared_future: copies see the same
+// result, and any thread may wait on it. The TriggerResult counts every
+// callback the trigger found: invoked (including those that threw), failed,
+// and skipped (filtered, unregistered before its turn, its context canceled
+// before it started, refused by an open circuit, or not started after
+// ErrorPolicy::stop). Failures are listed in the order they completed.
+//
+// Memory ordering: the last task to finish publishes the result with a
+// release store of `done` (readers acquire it); waiting uses a mutex and a
+// condition variable only when someone waits (a Dekker handshake between
+// `done` and `waiters`, both seq_cst); a coroutine's handle is handed over
+// with one exchange of `continuation` (acq_rel), so exactly one side resumes
+// it.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <coroutine>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <mutex>
+#include <stdexcept>
+#include <utility>
+
+#include "error_policy.hpp"
+
+namespace cbm {
+
+class AsyncResult;
+
+namespace detail {
+
+// What one trigger_async shares with its tasks: the counts, the failures,
+// and the completion. Counted: the AsyncResult handles and each task hold a
+// reference. `pending` counts the tasks not finished, plus one for the
+// submission itself, so the result is ready only after both.
+class AsyncStateBase {
+public:
+    AsyncStateBase(const AsyncStateBase&) = delete;
+    AsyncStateBase& operator=(const AsyncStateBase&) = delete;
+
+    void add_ref() noexcept { refs_.fetch_add(1, std::memory_order_relaxed); }
+    void release_ref() noexcept {
+        if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+    }
+
+    void add_pending() noexcept { pending_.fetch_add(1, std::memory_order_relaxed); }
+    // One task (or the submission) finished; the last one completes the
+    // result (and may resume a coroutine on this thread).
+    void finish_one() noexcept {
+        if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) complete();
+    }
+
+    // Adds one task's (or the submission's) counts and failures.
+    void merge(TriggerResult&& part) noexcept {
+        if (part.invoked != 0) invoked_.fetch_add(part.invoked, std::memory_order_relaxed);
+        if (part.skipped != 0) skipped_.fetch_add(part.skipped, std::memory_order_relaxed);
+        if (part.failed == 0 && !part.stopped) return;
+        std::lock_guard<std::mutex> lock(mutex_);
+        result_.failed += part.failed;
+        result_.stopped = result_.stopped || part.stopped;
+        try {
+            for (Failure& f : part.failures) result_.failures.push_back(std::move(f));
+        } catch (...) {
+            // Out of memory: the failure stays counted in `failed`.
+        }
+    }
+
+    // ErrorPolicy::stop after a failure: tasks not yet started are skipped.
+    void request_stop() noexcept { stop_.store(true, std::memory_order_relaxed); }
+    bool stop_requested() const noexcept { return stop_.load(std::memory_order_relaxed); }
+
+    ErrorPolicy policy() const noexcept { return policy_; }
+
+protected:
+    explicit AsyncStateBase(ErrorPolicy policy) noexcept : policy_(policy) {}
+    virtual ~AsyncStateBase() = default;
+
+private:
+    friend class cbm::AsyncResult;
+
+    static void* done_marker() noexcept { return reinterpret_cast<void*>(std::uintptr_t{1}); }
+
+    void complete() noexcept {
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            result_.invoked = invoked_.load(std::memory_order_relaxed);
+            result_.skipped = skipped_.load(std::memory_order_relaxed);
+        }
+        done_.store(true, std::memory_order_seq_cst);
+        if (waiters_.load(std::memory_order_seq_cst) != 0) {
+            { std::lock_guard<std::mutex> lock(mutex_); }  // a waiter between its check and its wait gets the notify
+            cv_.notify_all();
+        }
+        void* handle = continuation_.exchange(done_marker(), std::memory_order_acq_rel);
+        if (handle != nullptr) std::coroutine_handle<>::from_address(handle).resume();
+    }
+
+    bool ready() const noexcept { return done_.load(std::memory_order_acquire); }
+
+    void wait() {
+        if (ready()) return;
+        const WaiterScope scope(waiters_);
+        std::unique_lock<std::mutex> lock(mutex_);
+        cv_.wait(lock, [this] { return done_.load(std::memory_order_seq_cst); });
+    }
+    template <class Clock, class Duration>
+    bool wait_until(const std::chrono::time_point<Clock, Duration>& time) {
+        if (ready()) return true;
+        const WaiterScope scope(waiters_);
+        std::unique_lock<std::mutex> lock(mutex_);
+        return cv_.wait_until(lock, time, [this] { return done_.load(std::memory_order_seq_cst); });
+    }
+    struct WaiterScope {
+        explicit WaiterScope(std::atomic<std::uint32_t>& w) noexcept : waiters(w) {
+            waiters.fetch_add(1, std::memory_order_seq_cst);
+        }
+        WaiterScope(const WaiterScope&) = delete;
+        WaiterScope& operator=(const WaiterScope&) = delete;
+        ~WaiterScope() { waiters.fetch_sub(1, std::memory_order_relaxed); }
+        std::atomic<std::uint32_t>& waiters;
+    };
+
+    // True when the coroutine was suspended and will be resumed by the
+    // completion; false when the result is ready already (do not suspend).
+    bool suspend(std::coroutine_handle<> h) noexcept {
+        void* expected = nullptr;
+        if (continuation_.compare_exchange_strong(expected, h.address(), std::memory_order_acq_rel)) return true;
+        return false;  // done_marker(): completed first
+    }
+
+    TriggerResult result() const {
+        std::lock_guard<std::mutex> lock(mutex_);
+        return result_;
+    }
+
+    std::atomic<std::uint32_t> refs_{1};
+    std::atomic<std::uint32_t> pending_{1};  // the submission's own
+    std::atomic<std::size_t> invoked_{0};
+    std::atomic<std::size_t> skipped_{0};
+    std::atomic<bool> stop_{false};
+    std::atomic<bool> done_{false};
+    std::atomic<std::uint32_t> waiters_{0};
+    std::atomic<void*> continuation_{nullptr};  // a coroutine's address, or done_marker()
+    const ErrorPolicy policy_;
+    mutable std::mutex mutex_;
+    std::condition_variable cv_;
+    TriggerResult result_;  // under mutex_ (invoked and skipped filled in on completion)
+};
+
+}  // namespace detail
+
+// The outcome of one trigger_async(). Default-constructed: no result
+// (valid() is false; the other members throw std::logic_error).
+// Thread safety: every member may be called from any thread, on the same
+// handle or on copies.
+// Blocking: wait() and get() block until every callback of the trigger has
+// finished. Calling them from a task of the executor those callbacks need
+// can wait for itself (a pool whose every thread waits so); co_await, or
+// wait outside the pool.
+class AsyncResult {
+public:
+    AsyncResult() noexcept = default;
+    AsyncResult(const AsyncResult& other) noexcept : state_(other.state_) {
+        if (state_ != nullptr) state_->add_ref();
+    }
+    AsyncResult(AsyncResult&& other) noexcept : state_(std::exchange(other.state_, nullptr)) {}
+    AsyncResult& operator=(AsyncResult other) noexcept {
+        std::swap(state_, other.state_);
+        return *this;
+    }
+    ~AsyncResult() {
+        if (state_ != nullptr) state_->release_ref();
+    }
+
+    bool valid() const noexcept { return state_ != nullptr; }
+
+    // True once every callback of the trigger has finished.
+    bool ready() const { return state().ready(); }
+
+    // Blocks until ready().
+    void wait() const { state().wait(); }
+    // Blocks until ready() or `timeout` has passed. Returns ready().
+    template <class Rep, class Period>
+    bool wait_for(const std::chrono::duration<Rep, Period>& timeout) const {
+        return wait_until(std::chrono::steady_clock::now() + timeout);
+    }
+    template <class Clock, class Duration>
+    bool wait_until(const std::chrono::time_point<Clock, Duration>& time) const {
+        return state().wait_until(time);
+    }
+
+    // Waits, then returns the result (a copy: get() may be called again).
+    // Throws: under ErrorPolicy::rethrow, the first failure's exception (as
+    // trigger() would).
+    TriggerResult get() const {
+        wait();
+        TriggerResult r = state().result();
+        if (state().policy() == ErrorPolicy::rethrow && r.failed != 0 && !r.failures.empty()) {
+            std::rethrow_exception(r.failures.front().error);
+        }
+        return r;
+    }
+
+    // Awaitable: `co_await r` resumes the coroutine once ready() (on the
+    // thread that finished the last callback, or at once if ready), and
+    // gives get().
+    bool await_ready() const { return ready(); }
+    bool await_suspend(std::coroutine_handle<> h) const { return state().suspend(h); }
+    TriggerResult await_resume() const { return get(); }
+
+    // ------------------------------------------------------------------
+    // End of public interface. Implementation details follow.
+
+    explicit AsyncResult(detail::AsyncStateBase* adopted) noexcept : state_(adopted) {}
+
+private:
+    detail::AsyncStateBase& state() const {
+        if (state_ == nullptr) throw std::logic_error("cbm::AsyncResult: no result (default-constructed or moved from)");
+        return *state_;
+    }
+    detail::AsyncStateBase* state_ = nullptr;
+};
+
+}  // namespace cbm
