@@ -35,7 +35,8 @@ namespace cbm {
 //             <prefix>_latency_sampled_max_seconds (the largest of the
 //             sampled invocations: not the true maximum);
 //   a summary <prefix>_queue_wait_seconds: trigger_async() to the start of
-//             the callback on its executor (every such invocation);
+//             the callback on its executor (every such invocation; only
+//             series that had one);
 //   a counter <prefix>_series_dropped_total (series dropped past the
 //             retention limit; no labels).
 // Every series has the labels key and callback, id for an unnamed callback
@@ -141,9 +142,14 @@ inline std::string to_prometheus(const MetricsSnapshot& snapshot, std::string_vi
                    detail::seconds(static_cast<double>(m.latency_ns.max())));
         }
     }
-    family("_queue_wait_seconds", "summary",
-           "Time from trigger_async() to the start of the callback on its executor (every such invocation).");
+    bool any_queued = false;
+    for (const CallbackMetrics& m : snapshot.callbacks) any_queued = any_queued || m.queue_wait_ns.count() != 0;
+    if (any_queued) {
+        family("_queue_wait_seconds", "summary",
+               "Time from trigger_async() to the start of the callback on its executor (every such invocation).");
+    }
     for (const CallbackMetrics& m : snapshot.callbacks) {
+        if (m.queue_wait_ns.count() == 0) continue;
         for (const auto& [q, pct] : {std::pair{"0.5", 50.0}, std::pair{"0.95", 95.0}, std::pair{"0.99", 99.0}}) {
             sample("_queue_wait_seconds", detail::label_set(labels_of(m), "quantile", q),
                    detail::seconds(m.queue_wait_ns.percentile(pct)));

@@ -31,7 +31,9 @@ def main():
                 callbacks.add((s.labels["key"], s.labels["callback"], s.labels.get("id", "")))
     names = {f.name for f in families}
     for expected in ("cbm_callback_invocations", "cbm_callback_failures", "cbm_callback_latency_seconds",
-                     "cbm_callback_slow_calls", "cbm_callback_registered", "cbm_callback_series_dropped"):
+                     "cbm_callback_slow_calls", "cbm_callback_registered", "cbm_callback_series_dropped",
+                     "cbm_async_callback_queue_wait_seconds", "cbm_pool_threads", "cbm_pool_queue_depth",
+                     "cbm_pool_busy_threads", "cbm_pool_rejected"):
         if expected not in names:
             sys.exit(f"missing family {expected}; have {sorted(names)}")
     unnamed_orders = [c for c in callbacks if c[0] == "orders" and c[1] == ""]
@@ -44,6 +46,9 @@ def main():
         sys.exit(f"invalid UTF-8 in a key must come out as U+FFFD: {replaced}")
     if ("multi\nline \"key\"", "quote\"d", "") not in callbacks:
         sys.exit("escaped key and name did not round-trip")
+    pools = {s.labels.get("pool") for f in families if f.name == "cbm_pool_threads" for s in f.samples}
+    if pools != {"main", "other"}:
+        sys.exit(f"the two pools' gauges must be told apart by their label: {pools}")
     print(f"parsed {len(families)} families, {len(seen)} unique series, {len(callbacks)} callbacks")
 
 

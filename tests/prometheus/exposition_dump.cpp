@@ -2,9 +2,12 @@
 // unnamed callbacks sharing a key, named ones sharing a series, keys with
 // quotes, backslashes, newlines and invalid UTF-8, user labels, a kept
 // series of an unregistered callback, slow thresholds, exact and sampled
-// latency. check_exposition.py parses it with the reference Python parser.
+// latency, queue wait of trigger_async on a ThreadPool, and two pools'
+// gauges told apart by a label. check_exposition.py parses it with the
+// reference Python parser.
 #include <cbm/callback_registry.hpp>
 #include <cbm/metrics.hpp>
+#include <cbm/thread_pool.hpp>
 
 #include <chrono>
 #include <cstdio>
@@ -26,7 +29,16 @@ int main() {
     for (int x : {1, -2, 3}) registry.trigger("orders", x);
     gone.unregister();  // its series stays
     registry.trigger(std::string("bad\xff\xfe utf8 \xe2\x82"), 1);
-    const std::string text = cbm::to_prometheus(registry.metrics());
+    cbm::ThreadPool pool({.min_threads = 1, .max_threads = 2});
+    cbm::ThreadPool other({.min_threads = 1, .max_threads = 1});
+    cbm::CallbackRegistry<std::string, void(int)> async_registry(
+        cbm::GroupOptions{.metrics = true, .executor = pool.executor()});
+    async_registry.add("async", [](int) {}, {.name = "queued"});
+    for (int x : {1, 2, 3}) async_registry.trigger_async("async", x).wait();
+    const std::string text = cbm::to_prometheus(registry.metrics()) +
+                             cbm::to_prometheus(async_registry.metrics(), "cbm_async_callback") +
+                             cbm::to_prometheus(pool.metrics(), "cbm_pool", {{"pool", "main"}}) +
+                             cbm::to_prometheus(other.metrics(), "cbm_pool", {{"pool", "other"}});
     std::fwrite(text.data(), 1, text.size(), stdout);
     return 0;
 }
