@@ -557,3 +557,110 @@ TEST_CASE("groups destroyed while their tasks are queued on a pool: the tasks ne
     CHECK(counter.alive() == 0);
     CHECK(counter.errors.load() == 0);
 }
+
+TEST_CASE("a retry of trigger_async waits on the timer and holds no pool thread meanwhile") {
+    cbm::ThreadPool pool({.min_threads = 1, .max_threads = 1});
+    cbm::CallbackGroup<void()> g({.metrics = true, .executor = pool.executor()});
+    std::mutex m;
+    std::vector<std::string> order;
+    auto note = [&](std::string s) {
+        std::lock_guard<std::mutex> lock(m);
+        order.push_back(std::move(s));
+    };
+    std::atomic<int> attempts{0};
+    g.add(
+        [&] {
+            const int n = ++attempts;
+            note("retrying attempt " + std::to_string(n));
+            if (n == 1) throw std::runtime_error("first attempt fails");
+        },
+        {.priority = 1, .name = "retrying", .retry = {.attempts = 2, .initial_backoff = 1ms, .jitter = 0}});
+    g.add([&] { note("other"); });
+    // One thread: had the backoff slept on it, the second attempt would
+    // come before the other callback, which was queued behind the first.
+    const cbm::TriggerResult res = g.trigger_async().get();
+    CHECK(order == std::vector<std::string>{"retrying attempt 1", "other", "retrying attempt 2"});
+    CHECK(res.invoked == 2);
+    CHECK(res.failed == 0);
+    for (const auto& cb : g.metrics().callbacks) CHECK(cb.retries == (cb.name == "retrying" ? 1u : 0u));
+}
+
+TEST_CASE("a trigger_async invocation that fails every attempt is reported once, as final, with its attempts") {
+    cbm::ThreadPool pool({.min_threads = 1, .max_threads = 2});
+    cbm::CallbackGroup<void()> g({.metrics = true, .executor = pool.executor()});
+    std::atomic<std::uint32_t> dead_attempts{0};
+    std::atomic<int> handled{0};
+    g.set_dead_letter_handler([&](const cbm::DeadLetter& d) { dead_attempts = d.attempts; });
+    g.set_error_handler([&](const cbm::Failure&) { ++handled; });
+    std::atomic<int> calls{0};
+    g.add(
+        [&] {
+            ++calls;
+            throw std::runtime_error("always");
+        },
+        {.name = "failing", .retry = {.attempts = 3, .initial_backoff = 1ms, .jitter = 0}});
+    const auto res = g.trigger_async().get();
+    CHECK(calls.load() == 3);
+    CHECK(res.invoked == 1);
+    CHECK(res.failed == 1);
+    CHECK(handled.load() == 1);
+    CHECK(dead_attempts.load() == 3);
+    const auto m = g.metrics().callbacks.at(0);
+    CHECK(m.retries == 2);
+    CHECK(m.failed == 1);
+}
+
+TEST_CASE("a callback unregistered during its retry backoff gets no further attempt; its failure is final") {
+    cbm::ThreadPool pool({.min_threads = 1, .max_threads = 2});
+    cbm::CallbackGroup<void()> g({.executor = pool.executor()});
+    std::atomic<std::uint32_t> dead_attempts{0};
+    g.set_dead_letter_handler([&](const cbm::DeadLetter& d) { dead_attempts = d.attempts; });
+    std::atomic<int> calls{0};
+    auto reg = std::make_shared<cbm::Registration>();
+    *reg = g.add(
+        [&calls, reg] {
+            ++calls;
+            reg->unregister();  // from inside: does not wait
+            throw std::runtime_error("fails, then is gone");
+        },
+        {.retry = {.attempts = 5, .initial_backoff = 1ms, .jitter = 0}});
+    const auto res = g.trigger_async().get();
+    CHECK(calls.load() == 1);
+    CHECK(res.failed == 1);
+    CHECK(dead_attempts.load() == 1);
+    reg.reset();
+}
+
+TEST_CASE("a trigger canceled before its retry stops retrying; the last failure is final") {
+    cbm::ThreadPool pool({.min_threads = 1, .max_threads = 2});
+    cbm::CallbackGroup<void()> g({.executor = pool.executor()});
+    auto [ctx, cancel] = cbm::with_cancel(cbm::Context::background());
+    std::atomic<int> calls{0};
+    Gate first_attempt_done;
+    SECTION("canceled by the attempt itself") {
+        g.add(
+            [&calls, cancel = cancel] {
+                ++calls;
+                cancel();
+                throw std::runtime_error("fails, and cancels its trigger");
+            },
+            {.retry = {.attempts = 5, .initial_backoff = 1ms, .jitter = 0}});
+        const auto res = g.trigger_async(ctx).get();
+        CHECK(res.failed == 1);
+    }
+    SECTION("canceled from outside, during the backoff (or just before it)") {
+        g.add(
+            [&] {
+                ++calls;
+                first_attempt_done.open();
+                throw std::runtime_error("fails");
+            },
+            {.retry = {.attempts = 5, .initial_backoff = 200ms, .jitter = 0}});
+        auto r = g.trigger_async(ctx);
+        first_attempt_done.wait();
+        cancel();
+        const auto res = r.get();
+        CHECK(res.failed == 1);
+    }
+    CHECK(calls.load() == 1);
+}

@@ -40,6 +40,9 @@
 #include <cstddef>
 #include <cstdint>
 #include <exception>
+#include <memory>
+#include <optional>
+#include <string>
 #include <system_error>
 #include <tuple>
 #include <type_traits>
@@ -50,6 +53,7 @@
 #include "../errc.hpp"
 #include "../error_policy.hpp"
 #include "../executor.hpp"
+#include "async_runner.hpp"
 #include "barrier.hpp"
 #include "callback_list.hpp"
 #include "callback_stats.hpp"
@@ -58,7 +62,10 @@
 #include "group_state.hpp"
 #include "node.hpp"
 #include "pipeline.hpp"
+#include "resilience_state.hpp"
+#include "resilience_steps.hpp"
 #include "thread_records.hpp"
+#include "timer_service.hpp"
 #include "trigger_loop.hpp"
 #include "typed_node.hpp"
 #include "unregister.hpp"
@@ -132,13 +139,17 @@ Outcome run_announced(TriggerScope& scope, AsyncState<Signature>& state, Node<Si
     return outcome;
 }
 
+template <class Signature>
+class InvocationTask;
+
 // Where a submission stands while execute() runs: a task destroyed unrun
 // during that call (refused, or dropped by the executor at once) hands its
-// references here, and the submitting walk reports it.
+// references here, and the submitter settles it with what execute() threw.
 struct SubmitWatch {
     const void* state;
     const void* node;
     bool dropped = false;
+    void* retry = nullptr;  // the dropped task's RetryWait, if it had one
 
     static SubmitWatch*& current() noexcept {
         thread_local SubmitWatch* watch = nullptr;
@@ -146,26 +157,67 @@ struct SubmitWatch {
     }
 };
 
+inline std::exception_ptr task_dropped_error() {
+    return std::make_exception_ptr(
+        std::system_error(make_error_code(errc::task_dropped), "cbm: the executor dropped the invocation"));
+}
+
+// Retries of trigger_async wait on the timer service, not on a thread of
+// the executor, where the group uses the steady clock. (An injected
+// ResilienceClock waits in its sleep_for, on the task's thread; and a
+// `once` callback's attempts all run inside the invocation that claimed it,
+// which must stay announced.)
+inline bool retries_on_timer(const NodeBase& node, const GroupState& group) noexcept {
+    return node.resilience != nullptr && node.resilience->retry.attempts > 1 && !node.is_once() &&
+           group.clock == nullptr;
+}
+
+// Where an invocation waits between two attempts: a timer entry, then a
+// runner task (the timer thread never runs user code, and execute() may),
+// which hands the invocation back to its executor. Owned by the invocation
+// (InvocationTask::retry_) from its first failed attempt to its end.
+template <class Signature>
+struct RetryWait final : TimerEntry, RunnerTask {
+    std::exception_ptr last_error;  // of the last attempt: final if no other attempt runs
+    std::string key;                // the registry key as text (the list may go meanwhile)
+    std::uint32_t attempts = 0;     // made so far
+    Admission admission = Admission::closed;
+    std::optional<InvocationTask<Signature>> parked;  // the invocation, during the wait
+
+    RetryWait() noexcept { expire = &on_expire; }
+
+    static void on_expire(TimerEntry* e) noexcept { AsyncRunner::shared().post(static_cast<RetryWait*>(e)); }
+    void run() noexcept override;
+    void discard() noexcept override;
+};
+
+// Hands `task` to `executor`; a refusal settles it here as the
+// invocation's failure (the exception execute() threw, or task_dropped).
+template <class Signature>
+void submit(const AnyExecutor& executor, InvocationTask<Signature>&& task) noexcept;
+
 // One asynchronous invocation: see the top of this file.
 template <class Signature>
 class InvocationTask {
 public:
-    InvocationTask(AsyncState<Signature>* state, Node<Signature>* node, std::int64_t queued_at) noexcept
-        : state_(state), node_(node), queued_at_(queued_at) {}
+    InvocationTask(AsyncState<Signature>* state, Node<Signature>* node, std::int64_t queued_at,
+                   RetryWait<Signature>* retry = nullptr) noexcept
+        : state_(state), node_(node), queued_at_(queued_at), retry_(retry) {}
     InvocationTask(InvocationTask&& other) noexcept
         : state_(std::exchange(other.state_, nullptr)),
           node_(std::exchange(other.node_, nullptr)),
-          queued_at_(other.queued_at_) {}
+          queued_at_(other.queued_at_),
+          retry_(std::exchange(other.retry_, nullptr)) {}
     InvocationTask& operator=(InvocationTask&&) = delete;
     ~InvocationTask() {
         if (node_ == nullptr) return;
         SubmitWatch* watch = SubmitWatch::current();
         if (watch != nullptr && watch->state == state_ && watch->node == node_) {
-            watch->dropped = true;  // the walk reports it, with what execute() threw
+            watch->dropped = true;  // the submitter settles it, with what execute() threw
+            watch->retry = retry_;
             return;
         }
-        settle(std::make_exception_ptr(
-            std::system_error(make_error_code(errc::task_dropped), "cbm: the executor dropped the invocation")));
+        settle(task_dropped_error());
     }
 
     // Runs the invocation (once; a second call does nothing).
@@ -173,18 +225,23 @@ public:
         if (node_ != nullptr) settle(nullptr);
     }
 
-private:
     // Runs the callback (`dropped` null) or reports `dropped` as its failure,
     // if it is still registered and its trigger still wants it; then
-    // finishes this task's part of the result.
+    // finishes this task's part of the result, unless it waits for a retry.
     void settle(std::exception_ptr dropped) noexcept {
-        AsyncState<Signature>& state = *std::exchange(state_, nullptr);
-        Node<Signature>& node = *std::exchange(node_, nullptr);
+        AsyncState<Signature>& state = *state_;
+        Node<Signature>& node = *node_;
+        RetryWait<Signature>* retry = retry_;
+        state_ = nullptr;
+        node_ = nullptr;
+        retry_ = nullptr;
         TriggerResult part;
         Outcome outcome = Outcome::skipped;
+        bool waits = false;  // another attempt follows, after a backoff
         try {
             const ContextScope context_scope(state.context);
-            if (state.stop_requested() || state.canceled()) {
+            const bool cut = state.stop_requested() || state.canceled();
+            if (cut && retry == nullptr) {
                 // Not started: the trigger was cut short before its turn.
                 ++part.skipped;
                 part.stopped = true;
@@ -194,18 +251,28 @@ private:
             } else {
                 TriggerScope scope(state.group, state.group->fenced_entry);
                 announce_in(scope, &node);
-                if (dropped) {
-                    if ((node.state.load(std::memory_order_acquire) & kUnregistered) != 0) {
-                        ++part.skipped;
-                    } else if (report_failure(part, *state.group, *state.list, node, dropped, false)) {
-                        outcome = Outcome::stop;
-                    }
+                const bool registered = (node.state.load(std::memory_order_acquire) & kUnregistered) == 0;
+                if (retry != nullptr && (cut || !registered || dropped)) {
+                    // No further attempt (as in trigger(): a canceled trigger or
+                    // an unregistered callback stops retrying): the last
+                    // attempt's failure is final.
+                    outcome = finish(state, node, part, KeyOf{nullptr, &retry->key}, retry->last_error,
+                                     retry->attempts, retry->admission);
+                    part.stopped = part.stopped || cut;
+                } else if (!registered) {
+                    ++part.skipped;  // unregistered before its turn: canceled, not waited for
+                } else if (dropped) {
+                    if (report_failure(part, *state.group, *state.list, node, dropped, false)) outcome = Outcome::stop;
                 } else {
                     if (queued_at_ != 0 && node.stats != nullptr) {
                         const std::int64_t waited = steady_ns() - queued_at_;
                         node.stats->queue_wait.record(static_cast<std::uint64_t>(waited < 0 ? 0 : waited));
                     }
-                    outcome = run_announced(scope, state, node, part);
+                    if (retry != nullptr || retries_on_timer(node, *state.group)) {
+                        outcome = attempt(scope, state, node, part, retry, waits);
+                    } else {
+                        outcome = run_announced(scope, state, node, part);
+                    }
                 }
                 withdraw_in(scope);
                 if ((node.state.load(std::memory_order_relaxed) & kWaiter) != 0) notify_waiters(node);
@@ -214,7 +281,14 @@ private:
             // Only cbm's own bookkeeping can throw here (out of memory):
             // the invocation counts as failed rather than vanish.
             ++part.failed;
+            waits = false;
         }
+        if (waits) {
+            retry->parked.emplace(&state, &node, 0, retry);
+            wait_then_resubmit(*retry);
+            return;
+        }
+        delete retry;
         if (stops_trigger(outcome)) state.request_stop();
         state.merge(std::move(part));
         node.release_ref();
@@ -222,41 +296,132 @@ private:
         state.release_ref();
     }
 
+private:
+    friend struct RetryWait<Signature>;
+    friend void submit<Signature>(const AnyExecutor&, InvocationTask<Signature>&&) noexcept;
+
+    // One attempt of a callback that retries on the timer (the first one
+    // also passes its filter and the breaker). Sets `waits` when another
+    // attempt follows; `retry` is then the RetryWait that holds the state.
+    Outcome attempt(TriggerScope& scope, AsyncState<Signature>& state, Node<Signature>& node, TriggerResult& part,
+                    RetryWait<Signature>*& retry, bool& waits) {
+        GroupState& group = *state.group;
+        Resilience& r = *node.resilience;
+        ResilienceClock& clock = clock_of(group);
+        Admission admission = Admission::closed;
+        std::uint32_t attempts = 1;
+        if (retry == nullptr) {
+            const PipelineContext p{group, *state.list, part, scope.thread_index(), false};
+            Outcome filtered = Outcome::skipped;
+            const bool selected =
+                std::apply([&](auto&... a) { return passes_filter(node, p, filtered, a...); }, state.args);
+            if (!selected) {
+                if (filtered == Outcome::skipped) ++part.skipped;
+                return filtered;
+            }
+            admission = admit(r, clock);
+            if (admission == Admission::refused) {
+                if (node.stats != nullptr) CallbackStats::bump(node.stats->skipped_circuit_open);
+                ++part.skipped;
+                return Outcome::skipped;
+            }
+            if (admission == Admission::trial) report_circuit_change(group, KeyOf{state.list, nullptr}, node, CircuitState::half_open);
+        } else {
+            admission = retry->admission;
+            attempts = retry->attempts + 1;
+            if (node.stats != nullptr) CallbackStats::bump(node.stats->retries);
+        }
+        std::exception_ptr error = std::apply(
+            [&](auto&... a) { return attempt_with_timeout(node, group, scope.thread_index(), false, a...); },
+            state.args);
+        if (error && attempts < r.retry.attempts && !state.canceled() && !node.unregistered()) {
+            if (retry == nullptr) {
+                auto fresh = std::make_unique<RetryWait<Signature>>();
+                fresh->key = state.list->key_text();
+                retry = fresh.release();
+            }
+            retry->last_error = std::move(error);
+            retry->attempts = attempts;
+            retry->admission = admission;
+            retry->due = TimerEntry::clock::now() + backoff_after(r.retry, attempts);
+            waits = true;
+            return Outcome::invoked;
+        }
+        const KeyOf key = retry != nullptr ? KeyOf{nullptr, &retry->key} : KeyOf{state.list, nullptr};
+        return finish(state, node, part, key, std::move(error), attempts, admission);
+    }
+
+    // The end of an invocation that retried on the timer (or could have):
+    // the breaker learns the outcome, and a failure is reported as final.
+    static Outcome finish(AsyncState<Signature>& state, Node<Signature>& node, TriggerResult& part, KeyOf key,
+                          std::exception_ptr error, std::uint32_t attempts, Admission admission) noexcept {
+        GroupState& group = *state.group;
+        ++part.invoked;
+        if (const std::optional<CircuitState> entered =
+                record_outcome(*node.resilience, clock_of(group), admission, static_cast<bool>(error))) {
+            report_circuit_change(group, key, node, *entered);
+        }
+        if (error && report_failure(part, group, key, node, std::move(error), false, attempts)) return Outcome::stop;
+        return Outcome::invoked;
+    }
+
+    // Waits for `retry.due` on the timer service; then a runner thread hands
+    // the invocation back to its executor. Without a timer (the process is
+    // exiting), at once.
+    static void wait_then_resubmit(RetryWait<Signature>& retry) noexcept {
+        bool scheduled = false;
+        try {
+            scheduled = TimerService::shared().schedule(&retry);
+        } catch (...) {
+            scheduled = false;
+        }
+        if (!scheduled) AsyncRunner::shared().post(&retry);
+    }
+
     AsyncState<Signature>* state_;  // one reference; null once settled
     Node<Signature>* node_;         // one reference; null once settled
     std::int64_t queued_at_;        // steady_ns() at submission; 0 when not measured
+    RetryWait<Signature>* retry_;   // owned; null before a first failed attempt that retries
 };
 
-// Hands `node` to `executor` as one task of `state`; a refusal is reported
-// into `part` (the walk's own result) as the callback's failure. Returns
-// whether the trigger stops (ErrorPolicy::stop).
 template <class Signature>
-bool submit(const AnyExecutor& executor, AsyncState<Signature>& state, Node<Signature>& node, TriggerResult& part) {
-    node.add_ref();
-    state.add_ref();
-    state.add_pending();
-    SubmitWatch watch{&state, &node};
+void RetryWait<Signature>::run() noexcept {
+    InvocationTask<Signature> task = std::move(*parked);
+    parked.reset();
+    Node<Signature>& node = *task.node_;
+    const AnyExecutor& executor = node.executor != nullptr ? *node.executor : task.state_->group->executor;
+    submit(executor, std::move(task));
+}
+
+template <class Signature>
+void RetryWait<Signature>::discard() noexcept {
+    InvocationTask<Signature> task = std::move(*parked);
+    parked.reset();
+    task.settle(task_dropped_error());
+}
+
+template <class Signature>
+void submit(const AnyExecutor& executor, InvocationTask<Signature>&& task) noexcept {
+    SubmitWatch watch{task.state_, task.node_};
     SubmitWatch* const outer = SubmitWatch::current();  // a task run inline may submit in turn
     SubmitWatch::current() = &watch;
     std::exception_ptr refused;
     try {
-        executor.execute(Task(InvocationTask<Signature>(&state, &node, node.stats != nullptr ? steady_ns() : 0)));
+        executor.execute(Task(std::move(task)));
     } catch (...) {
         refused = std::current_exception();
     }
     SubmitWatch::current() = outer;
-    if (!watch.dropped) return false;  // the executor has it (or ran it)
-    // Refused: report it here (the node is registered, and the walk's
-    // section keeps its list).
-    if (!refused) {
-        refused = std::make_exception_ptr(
-            std::system_error(make_error_code(errc::task_dropped), "cbm: the executor dropped the invocation"));
+    if (!watch.dropped) return;  // the executor has it, or ran it
+    InvocationTask<Signature> back(static_cast<AsyncState<Signature>*>(const_cast<void*>(watch.state)),
+                                   static_cast<Node<Signature>*>(const_cast<void*>(watch.node)), 0,
+                                   static_cast<RetryWait<Signature>*>(watch.retry));
+    try {
+        if (!refused) refused = task_dropped_error();
+    } catch (...) {
+        // Out of memory even for the error: the invocation runs here instead.
     }
-    const bool stop = report_failure(part, *state.group, *state.list, node, refused, false);
-    node.release_ref();
-    state.finish_one();  // never the last: the walk holds its own
-    state.release_ref();
-    return stop;
+    back.settle(refused);
 }
 
 // The walk of trigger_async over `list`, in the caller's `scope`, with
@@ -287,7 +452,10 @@ void submit_list(TriggerScope& scope, CallbackList& list, AsyncState<Signature>&
             withdraw_in(scope);
             if ((node.state.load(std::memory_order_relaxed) & kWaiter) != 0) notify_waiters(node);
         } else {
-            stop = submit(executor, state, node, part);
+            node.add_ref();
+            state.add_ref();
+            state.add_pending();
+            submit(executor, InvocationTask<Signature>(&state, &node, node.stats != nullptr ? steady_ns() : 0));
         }
         if (stop) state.request_stop();
     }

@@ -24,8 +24,18 @@ namespace cbm::detail {
 // failures. Handlers that throw stop nothing. Returns true when the error
 // policy says to stop the trigger. Kept out of line: the trigger loop stays
 // small.
-[[gnu::noinline]] inline bool report_failure(TriggerResult& result, GroupState& group, const CallbackList& list,
-                                             const NodeBase& node, std::exception_ptr error, bool in_filter,
+//
+// `key` names the registry key for the dead letter: the callback's list, or
+// the key's text itself (a retry of trigger_async, after its list may have
+// gone).
+struct KeyOf {
+    const CallbackList* list = nullptr;
+    const std::string* text = nullptr;
+    std::string get() const { return list != nullptr ? list->key_text() : text != nullptr ? *text : std::string(); }
+};
+
+[[gnu::noinline]] inline bool report_failure(TriggerResult& result, GroupState& group, KeyOf key, const NodeBase& node,
+                                             std::exception_ptr error, bool in_filter,
                                              std::uint32_t attempts = 1) noexcept {
     ++result.failed;
     if (node.stats != nullptr) node.stats->failed.fetch_add(1, std::memory_order_relaxed);
@@ -38,14 +48,19 @@ namespace cbm::detail {
     if (!in_filter) {
         try {
             if (auto letters = group.dead_letter_handler(); letters && *letters) {
-                const std::string key = list.key_text();
-                (*letters)(DeadLetter{key, node.name, error, attempts});
+                const std::string key_text = key.get();
+                (*letters)(DeadLetter{key_text, node.name, error, attempts});
             }
         } catch (...) {
             // Likewise: a throwing dead-letter handler stops nothing.
         }
     }
     return group.policy == ErrorPolicy::stop;
+}
+
+inline bool report_failure(TriggerResult& result, GroupState& group, const CallbackList& list, const NodeBase& node,
+                           std::exception_ptr error, bool in_filter, std::uint32_t attempts = 1) noexcept {
+    return report_failure(result, group, KeyOf{&list, nullptr}, node, std::move(error), in_filter, attempts);
 }
 
 }  // namespace cbm::detail

@@ -16,6 +16,7 @@
 #include "../errc.hpp"
 #include "callback_list.hpp"
 #include "callback_stats.hpp"
+#include "failure.hpp"
 #include "group_state.hpp"
 #include "instrument.hpp"
 #include "resilience_state.hpp"
@@ -77,12 +78,11 @@ inline std::optional<CircuitState> record_outcome(Resilience& r, ResilienceClock
 
 // Reports a transition to the group's circuit-change handler (no lock held;
 // a handler that throws stops nothing).
-inline void report_circuit_change(GroupState& group, const CallbackList& list, const NodeBase& node,
-                                  CircuitState entered) noexcept {
+inline void report_circuit_change(GroupState& group, KeyOf key, const NodeBase& node, CircuitState entered) noexcept {
     try {
         if (auto handler = group.circuit_change_handler(); handler && *handler) {
-            const std::string key = list.key_text();
-            (*handler)(CircuitChange{key, node.name, entered});
+            const std::string key_text = key.get();
+            (*handler)(CircuitChange{key_text, node.name, entered});
         }
     } catch (...) {
         // As for the other handlers: reporting never stops a trigger.
@@ -143,7 +143,7 @@ std::exception_ptr run_resilient(const Node<Signature>& node, GroupState& group,
         skipped = true;
         return nullptr;
     }
-    if (admission == Admission::trial) report_circuit_change(group, list, node, CircuitState::half_open);
+    if (admission == Admission::trial) report_circuit_change(group, KeyOf{&list, nullptr}, node, CircuitState::half_open);
     const Context& trigger_context = current_context();
     // No attempt starts once the callback is unregistered, by any path. A
     // `once` callback is unregistered by its own claim: its attempts all run
@@ -165,7 +165,7 @@ std::exception_ptr run_resilient(const Node<Signature>& node, GroupState& group,
         if (node.stats != nullptr) CallbackStats::bump(node.stats->retries);
     }
     if (const std::optional<CircuitState> entered = record_outcome(r, clock, admission, static_cast<bool>(error))) {
-        report_circuit_change(group, list, node, *entered);
+        report_circuit_change(group, KeyOf{&list, nullptr}, node, *entered);
     }
     return error;
 }
