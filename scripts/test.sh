@@ -4,7 +4,8 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-bash scripts/ensure-packages.sh g++ cmake ninja-build catch2 libbenchmark-dev python3 python3-prometheus-client
+bash scripts/ensure-packages.sh g++ cmake ninja-build catch2 libbenchmark-dev python3 python3-prometheus-client \
+  libasio-dev
 cmake --preset debug
 cmake --build --preset debug
 ctest --preset debug -j "$(nproc)"

@@ -13,6 +13,10 @@
 // move-only function object `f`: the shape of asio's standard executors
 // (asio::thread_pool::executor_type, asio::io_context::executor_type), of
 // ThreadPool::Executor, and of a three-line struct around std::jthread.
+// A type whose execute() is spelled differently gets a specialization of
+// cbm::executor_traits; <cbm/interop/asio.hpp> has the one for asio's
+// standard executors where execute() is not public (asio before 1.24, as
+// in Debian 12), for standalone asio and Boost.Asio alike.
 //
 // What cbm needs of an executor:
 // * execute() either takes the work (and later runs it, or destroys it
@@ -133,6 +137,13 @@ private:
     alignas(void*) unsigned char storage_[kInlineBytes];
 };
 
+// How cbm hands work to an executor of type E: specialize for an executor
+// whose execute() is not a public member, with
+//   static void execute(const E& e, F&& f)   // for nullary move-only F
+// The primary template has none: E's own execute() is used.
+template <class E>
+struct executor_traits {};
+
 namespace detail {
 // A nullary move-only function object: what the Executor concept is
 // checked with.
@@ -144,10 +155,32 @@ struct MoveOnlyWork {
 };
 }  // namespace detail
 
-// Any copyable object that can be given a nullary move-only function.
+namespace detail {
+template <class E>
+concept has_member_execute = requires(E& e, MoveOnlyWork work) { e.execute(std::move(work)); };
+template <class E>
+concept has_traits_execute =
+    requires(const E& e, MoveOnlyWork work) { executor_traits<E>::execute(e, std::move(work)); };
+}  // namespace detail
+
+// Any copyable object that can be given a nullary move-only function: by
+// its execute() member, or through executor_traits.
 template <class E>
 concept Executor = std::copy_constructible<std::remove_cvref_t<E>> &&
-                   requires(std::remove_cvref_t<E>& e, detail::MoveOnlyWork work) { e.execute(std::move(work)); };
+                   (detail::has_member_execute<std::remove_cvref_t<E>> ||
+                    detail::has_traits_execute<std::remove_cvref_t<E>>);
+
+namespace detail {
+// Hands `f` to `e` the way its type takes work.
+template <class E, class F>
+void execute_on(E& e, F&& f) {
+    if constexpr (has_member_execute<E>) {
+        e.execute(std::forward<F>(f));
+    } else {
+        executor_traits<E>::execute(e, std::forward<F>(f));
+    }
+}
+}  // namespace detail
 
 // Runs the work at once, on the calling thread. As a callback's executor,
 // it means "run this callback on the triggering thread, during
@@ -222,7 +255,7 @@ private:
         explicit Model(X&& x) : executor(std::forward<X>(x)) {}
         // A Task, not a wrapper around it: an executor that knows Task (as
         // ThreadPool's does) stores it as it is.
-        void execute(Task&& task) override { executor.execute(std::move(task)); }
+        void execute(Task&& task) override { detail::execute_on(executor, std::move(task)); }
         std::unique_ptr<Concept> clone() const override { return std::make_unique<Model>(executor); }
         E executor;
     };

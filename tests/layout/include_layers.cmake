@@ -6,10 +6,12 @@
 # may include a public header only from a lower layer: machinery never
 # includes the public API it implements, only the vocabulary beneath it.
 # A new header must be given a layer here, and a new public header must be
-# included by the umbrella cbm.hpp.
+# included by the umbrella cbm.hpp, except the optional parts that need a
+# third-party library (interop/: asio).
 
 set(layer_0 # vocabulary: includes only the standard library
-  callback.hpp errc.hpp error_policy.hpp executor.hpp histogram.hpp observer.hpp version.hpp)
+  callback.hpp errc.hpp error_policy.hpp executor.hpp histogram.hpp observer.hpp version.hpp
+  interop/asio.hpp)
 set(layer_1 # reports and once: vocabulary only
   metrics.hpp prometheus.hpp detail/prometheus_text.hpp once.hpp async_result.hpp)
 set(layer_2 # context machinery
@@ -76,7 +78,8 @@ endforeach()
 file(STRINGS "${root}/cbm.hpp" umbrella REGEX "^#include \"")
 foreach(header IN LISTS headers)
   string(FIND "${header}" "detail/" is_detail)
-  if(is_detail EQUAL 0 OR header STREQUAL "cbm.hpp")
+  string(FIND "${header}" "interop/" is_optional)
+  if(is_detail EQUAL 0 OR is_optional EQUAL 0 OR header STREQUAL "cbm.hpp")
     continue()
   endif()
   list(FIND umbrella "#include \"${header}\"" found)
