@@ -11,6 +11,7 @@
 
 #include <atomic>
 #include <chrono>
+#include <condition_variable>
 #include <coroutine>
 #include <deque>
 #include <memory>
@@ -663,4 +664,134 @@ TEST_CASE("a trigger canceled before its retry stops retrying; the last failure 
         CHECK(res.failed == 1);
     }
     CHECK(calls.load() == 1);
+}
+
+namespace {
+
+// Runs tasks on a thread of its own; execute() waits until the task it
+// queued has finished and then touches its own state, as executors that
+// keep statistics do. The executor lives in the group's state.
+class SelfTouchingExecutor {
+public:
+    struct Worker {
+        std::mutex mutex;
+        std::condition_variable cv;
+        std::deque<cbm::Task> tasks;
+        std::atomic<int> finished{0};
+        bool stop = false;
+        std::thread thread{[this] { loop(); }};
+        ~Worker() {
+            {
+                std::lock_guard<std::mutex> lock(mutex);
+                stop = true;
+            }
+            cv.notify_all();
+            thread.join();
+        }
+        void loop() {
+            std::unique_lock<std::mutex> lock(mutex);
+            for (;;) {
+                cv.wait(lock, [&] { return stop || !tasks.empty(); });
+                if (tasks.empty()) return;
+                cbm::Task t = std::move(tasks.front());
+                tasks.pop_front();
+                lock.unlock();
+                t();
+                t.reset();
+                ++finished;
+                lock.lock();
+            }
+        }
+    };
+    explicit SelfTouchingExecutor(Worker& w) : worker_(&w) {}
+    void execute(cbm::Task&& task) {
+        const int before = worker_->finished.load();
+        {
+            std::lock_guard<std::mutex> lock(worker_->mutex);
+            worker_->tasks.push_back(std::move(task));
+        }
+        worker_->cv.notify_one();
+        eventually([&] { return worker_->finished.load() > before; });
+        ++submitted_;  // touches the executor after its task is done
+    }
+    template <class F>
+    void execute(F&& f) {
+        execute(cbm::Task(std::forward<F>(f)));
+    }
+
+private:
+    Worker* worker_;
+    long submitted_ = 0;
+};
+
+}  // namespace
+
+TEST_CASE("a group destroyed during a retry backoff: the retry touches nothing freed and reports to no handler") {
+    SelfTouchingExecutor::Worker worker;
+    std::atomic<int> attempts{0};
+    std::atomic<bool> destroyed{false};
+    std::atomic<int> handled_after_destruction{0};
+    Gate first_attempt_failed;
+    {
+        auto g = std::make_unique<cbm::CallbackGroup<void()>>(cbm::GroupOptions{.executor = SelfTouchingExecutor(worker)});
+        g->set_error_handler([&](const cbm::Failure&) { handled_after_destruction += destroyed.load(); });
+        g->set_dead_letter_handler([&](const cbm::DeadLetter&) { handled_after_destruction += destroyed.load(); });
+        g->add(
+            [&] {
+                ++attempts;
+                first_attempt_failed.open();
+                throw std::runtime_error("fails");
+            },
+            {.retry = {.attempts = 3, .initial_backoff = 100ms, .jitter = 0}});
+        g->trigger_async();  // the result is dropped: nothing but the parked retry holds the group's state
+        first_attempt_failed.wait();
+        g.reset();
+        destroyed = true;
+    }
+    // The retry wakes, finds its callback gone, and ends: two tasks in all.
+    CHECK(eventually([&] { return worker.finished.load() == 2; }));
+    CHECK(attempts.load() == 1);
+    CHECK(handled_after_destruction.load() == 0);
+}
+
+TEST_CASE("a callback unregistered during its retry backoff: no handler hears of it after unregister returned") {
+    cbm::ThreadPool pool({.min_threads = 1, .max_threads = 1});
+    cbm::CallbackGroup<void()> g({.executor = pool.executor()});
+    std::atomic<bool> unregistered{false};
+    std::atomic<int> handled_after{0};
+    g.set_error_handler([&](const cbm::Failure&) { handled_after += unregistered.load(); });
+    Gate first_attempt_failed;
+    cbm::Registration reg = g.add(
+        [&] {
+            first_attempt_failed.open();
+            throw std::runtime_error("fails");
+        },
+        {.retry = {.attempts = 3, .initial_backoff = 100ms, .jitter = 0}});
+    auto r = g.trigger_async();
+    first_attempt_failed.wait();
+    reg.unregister();
+    unregistered = true;
+    const auto res = r.get();
+    CHECK(res.failed == 1);  // the result still has it
+    CHECK(handled_after.load() == 0);
+}
+
+TEST_CASE("two coroutines awaiting one AsyncResult are both resumed when it is ready") {
+    ManualExecutor ex;
+    cbm::CallbackGroup<void()> g({.executor = ex});
+    g.add([] {});
+    cbm::AsyncResult r = g.trigger_async();
+    std::optional<cbm::TriggerResult> first;
+    std::optional<cbm::TriggerResult> second;
+    std::atomic<std::thread::id> first_on{};
+    std::atomic<std::thread::id> second_on{};
+    await_result(r, first, first_on);
+    await_result(r, second, second_on);  // must suspend too, not block this thread
+    CHECK_FALSE(first.has_value());
+    CHECK_FALSE(second.has_value());
+    ex.run_all();
+    REQUIRE(first.has_value());
+    REQUIRE(second.has_value());
+    CHECK(first->invoked == 1);
+    CHECK(second->invoked == 1);
 }

@@ -333,3 +333,74 @@ TEST_CASE("many producers, many tasks: every task runs exactly once and every ca
     CHECK(counter.alive() == 0);
     CHECK(counter.errors.load() == 0);
 }
+
+TEST_CASE("a task that destroys its own ThreadPool: its thread finishes that task, then the ones still queued") {
+    Gate queued;
+    std::atomic<bool> destroyed{false};
+    std::atomic<bool> later_ran{false};
+    auto* pool = new cbm::ThreadPool({.min_threads = 1, .max_threads = 1});
+    auto ex = pool->executor();
+    ex.execute([&] {
+        queued.wait();
+        delete pool;  // from inside: this thread is not joined
+        destroyed = true;
+    });
+    ex.execute([&] { later_ran = true; });
+    queued.open();
+    CHECK(eventually([&] { return destroyed.load() && later_ran.load(); }));
+}
+
+TEST_CASE("drain() and shutdown() from a task that a full pool ran on its caller throw std::logic_error") {
+    cbm::ThreadPool pool(
+        {.min_threads = 1, .max_threads = 1, .queue_capacity = 1, .overflow = cbm::Overflow::caller_runs});
+    Gate gate;
+    std::atomic<int> running{0};
+    occupy_threads(pool, 1, gate, running);
+    pool.executor().execute([] {});  // fills the queue
+    int logic_errors = 0;
+    pool.executor().execute([&] {  // runs here, on the caller
+        try {
+            pool.drain();
+        } catch (const std::logic_error&) {
+            ++logic_errors;
+        }
+        try {
+            pool.shutdown();
+        } catch (const std::logic_error&) {
+            ++logic_errors;
+        }
+    });
+    CHECK(logic_errors == 2);
+    gate.open();
+}
+
+TEST_CASE("shutdown() returns only once the tasks its callers run (caller_runs) have finished") {
+    cbm::ThreadPool pool(
+        {.min_threads = 1, .max_threads = 1, .queue_capacity = 1, .overflow = cbm::Overflow::caller_runs});
+    Gate gate;
+    std::atomic<int> running{0};
+    occupy_threads(pool, 1, gate, running);
+    pool.executor().execute([] {});  // fills the queue
+    Gate caller_task_running;
+    Gate caller_task_release;
+    std::thread caller([&] {
+        pool.executor().execute([&] {
+            caller_task_running.open();
+            caller_task_release.wait();
+        });
+    });
+    caller_task_running.wait();
+    gate.open();  // the pool's own thread can finish
+    std::atomic<bool> returned{false};
+    std::thread closer([&] {
+        pool.shutdown();
+        returned = true;
+    });
+    // It cannot return while the caller's task runs (a shutdown that did
+    // would be seen here, unless the machine stalls for the whole bound).
+    CHECK_FALSE(eventually([&] { return returned.load(); }, 200ms));
+    caller_task_release.open();
+    caller.join();
+    closer.join();
+    CHECK(returned.load());
+}

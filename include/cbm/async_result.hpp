@@ -15,9 +15,10 @@
 // Memory ordering: the last task to finish publishes the result with a
 // release store of `done` (readers acquire it); waiting uses a mutex and a
 // condition variable only when someone waits (a Dekker handshake between
-// `done` and `waiters`, both seq_cst); a coroutine's handle is handed over
-// with one exchange of `continuation` (acq_rel), so exactly one side resumes
-// it.
+// `done` and `waiters`, both seq_cst); awaiting coroutines are listed under
+// the mutex, and the completion takes the list under it after setting
+// `done`, so each is resumed exactly once (by the completion, or at once by
+// await_suspend returning false).
 #pragma once
 
 #include <atomic>
@@ -30,6 +31,7 @@
 #include <mutex>
 #include <stdexcept>
 #include <utility>
+#include <vector>
 
 #include "error_policy.hpp"
 
@@ -88,8 +90,6 @@ protected:
 private:
     friend class cbm::AsyncResult;
 
-    static void* done_marker() noexcept { return reinterpret_cast<void*>(std::uintptr_t{1}); }
-
     void complete() noexcept {
         {
             std::lock_guard<std::mutex> lock(mutex_);
@@ -101,8 +101,12 @@ private:
             { std::lock_guard<std::mutex> lock(mutex_); }  // a waiter between its check and its wait gets the notify
             cv_.notify_all();
         }
-        void* handle = continuation_.exchange(done_marker(), std::memory_order_acq_rel);
-        if (handle != nullptr) std::coroutine_handle<>::from_address(handle).resume();
+        std::vector<std::coroutine_handle<>> awaiting;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            awaiting.swap(continuations_);
+        }
+        for (std::coroutine_handle<> h : awaiting) h.resume();
     }
 
     bool ready() const noexcept { return done_.load(std::memory_order_acquire); }
@@ -132,10 +136,12 @@ private:
 
     // True when the coroutine was suspended and will be resumed by the
     // completion; false when the result is ready already (do not suspend).
-    bool suspend(std::coroutine_handle<> h) noexcept {
-        void* expected = nullptr;
-        if (continuation_.compare_exchange_strong(expected, h.address(), std::memory_order_acq_rel)) return true;
-        return false;  // done_marker(): completed first
+    // Throws: std::bad_alloc (the coroutine is not suspended then).
+    bool suspend(std::coroutine_handle<> h) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (done_.load(std::memory_order_seq_cst)) return false;
+        continuations_.push_back(h);
+        return true;
     }
 
     TriggerResult result() const {
@@ -150,11 +156,11 @@ private:
     std::atomic<bool> stop_{false};
     std::atomic<bool> done_{false};
     std::atomic<std::uint32_t> waiters_{0};
-    std::atomic<void*> continuation_{nullptr};  // a coroutine's address, or done_marker()
     const ErrorPolicy policy_;
     mutable std::mutex mutex_;
     std::condition_variable cv_;
     TriggerResult result_;  // under mutex_ (invoked and skipped filled in on completion)
+    std::vector<std::coroutine_handle<>> continuations_;  // under mutex_: coroutines awaiting the result
 };
 
 }  // namespace detail
@@ -213,7 +219,7 @@ public:
 
     // Awaitable: `co_await r` resumes the coroutine once ready() (on the
     // thread that finished the last callback, or at once if ready), and
-    // gives get().
+    // gives get(). Any number of coroutines may await one result.
     bool await_ready() const { return ready(); }
     bool await_suspend(std::coroutine_handle<> h) const { return state().suspend(h); }
     TriggerResult await_resume() const { return get(); }

@@ -47,7 +47,9 @@ struct CallbackMetrics {
     std::uint64_t invoked = 0;           // started (its filter passed), including those that threw
     // Failures as reported to the error handler: invocations that failed
     // for good (threw or overran their timeout, after their retries), and
-    // filters that threw.
+    // filters that threw. Also counted, though no handler hears of them:
+    // trigger_async invocations whose callback was unregistered during a
+    // retry backoff (unregister() does not wait for a backoff).
     std::uint64_t failed = 0;
     std::uint64_t skipped_filtered = 0;  // its filter returned false
     std::uint64_t skipped_canceled = 0;  // not reached: the trigger's context or stop token ended it first

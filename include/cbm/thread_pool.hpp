@@ -123,6 +123,7 @@ public:
 
     // See ThreadPool::Executor::execute.
     void submit(Task&& task) {
+        std::list<Worker> exited;  // joined after the lock is released
         std::unique_lock<std::mutex> lock(mutex_);
         for (;;) {
             if (stopping_) {
@@ -140,7 +141,11 @@ public:
                 ++ran_on_caller_;
                 ++busy_;
                 lock.unlock();
+                // Inside this task the thread counts as the pool's: its
+                // drain() or shutdown() would wait for itself.
+                const PoolCore* const outer = std::exchange(current_pool(), this);
                 run_task(task);
+                current_pool() = outer;
                 lock.lock();
                 finish_task_locked();
                 return;
@@ -152,6 +157,7 @@ public:
         queue_.push(std::move(task));
         ++submitted_;
         if (queue_.size() > idle_threads_ && threads_ < options_.max_threads) {
+            take_exited_locked(exited);
             try {
                 spawn_locked();
             } catch (...) {
@@ -165,6 +171,8 @@ public:
             }
         }
         if (idle_threads_ > 0) work_.notify_one();
+        lock.unlock();
+        for (Worker& w : exited) w.thread.join();  // their loops returned: only the thread's exit is waited for
     }
 
     void drain() {
@@ -178,14 +186,15 @@ public:
         --drainers_;
     }
 
-    // `from_destructor`: called by ~ThreadPool, which may run on a thread of
-    // the pool (that thread is then left to finish its task and exit).
+    // `from_destructor`: called by ~ThreadPool, which may run inside a task
+    // of the pool (its thread is then left to finish that task, and then
+    // what is still queued).
     void shutdown(bool from_destructor) {
-        if (on_worker() && !from_destructor) {
+        const bool in_task = on_worker();
+        if (in_task && !from_destructor) {
             throw std::logic_error("cbm::ThreadPool::shutdown: called from a task of this pool, which would wait "
                                    "for itself; shut down from another thread");
         }
-        std::list<Worker> workers;
         {
             std::lock_guard<std::mutex> lock(mutex_);
             stopping_ = true;
@@ -193,28 +202,50 @@ public:
             room_.notify_all();
         }
         // The workers run what is queued, then exit; none is started any
-        // more. Join them all (but not this thread, if it is one).
+        // more. Join them all, except this thread if it is one: its entry
+        // stays, detached, for its loop to mark.
+        bool self_is_worker = false;
         for (;;) {
+            std::list<Worker> workers;
             {
                 std::lock_guard<std::mutex> lock(mutex_);
-                workers.splice(workers.end(), workers_);
-            }
-            if (workers.empty()) break;
-            for (Worker& w : workers) {
-                if (w.thread.get_id() == std::this_thread::get_id()) {
-                    w.thread.detach();
-                } else if (w.thread.joinable()) {
-                    w.thread.join();
+                for (auto it = workers_.begin(); it != workers_.end();) {
+                    auto next = std::next(it);
+                    if (it->thread.joinable()) workers.splice(workers.end(), workers_, it);
+                    it = next;
                 }
             }
-            workers.clear();
+            if (workers.empty()) break;
+            for (auto it = workers.begin(); it != workers.end();) {
+                auto next = std::next(it);
+                if (it->thread.get_id() == std::this_thread::get_id()) {
+                    it->thread.detach();
+                    self_is_worker = true;
+                    std::lock_guard<std::mutex> lock(mutex_);
+                    workers_.splice(workers_.end(), workers, it);
+                } else {
+                    it->thread.join();
+                }
+                it = next;
+            }
         }
-        // Nothing is left unless no thread could ever start. Such tasks are
-        // destroyed unrun, outside the lock (cbm's report themselves dropped).
+        // Tasks that callers run (caller_runs) finish too, and a concurrent
+        // shutdown() returns only once the threads it did not join are gone.
         std::vector<Task> left;
         {
-            std::lock_guard<std::mutex> lock(mutex_);
-            while (!queue_.empty()) left.push_back(queue_.pop());
+            std::unique_lock<std::mutex> lock(mutex_);
+            ++drainers_;
+            idle_.wait(lock, [&] {
+                return threads_ == (self_is_worker ? 1u : 0u) && busy_ == (in_task ? 1u : 0u);
+            });
+            --drainers_;
+            // Nothing is left unless no thread could ever start, or the last
+            // one is this thread (it runs them after its task). Tasks left
+            // with no thread are destroyed unrun, outside the lock (cbm's
+            // report themselves dropped).
+            if (threads_ == 0) {
+                while (!queue_.empty()) left.push_back(queue_.pop());
+            }
         }
     }
 
@@ -288,7 +319,6 @@ private:
     // Under mutex_. Throws std::system_error (no thread) or std::bad_alloc;
     // nothing changed then.
     void spawn_locked() {
-        reap_exited_locked();
         workers_.emplace_back();
         Worker& w = workers_.back();
         add_ref();
@@ -304,16 +334,14 @@ private:
         peak_threads_ = std::max(peak_threads_, threads_);
     }
 
-    // Under mutex_: joins workers that exited on their idle timeout (their
-    // loop returned, so the join waits for nothing but the thread's exit).
-    void reap_exited_locked() {
+    // Under mutex_: moves the workers that exited on their idle timeout to
+    // `out`, to be joined without the lock (a thread_local destructor of an
+    // exiting thread may still use the pool).
+    void take_exited_locked(std::list<Worker>& out) noexcept {
         for (auto it = workers_.begin(); it != workers_.end();) {
-            if (it->exited) {
-                it->thread.join();
-                it = workers_.erase(it);
-            } else {
-                ++it;
-            }
+            auto next = std::next(it);
+            if (it->exited && it->thread.joinable()) out.splice(out.end(), workers_, it);
+            it = next;
         }
     }
 
@@ -337,7 +365,7 @@ private:
     void finish_task_locked() noexcept {
         --busy_;
         ++completed_;
-        if (drainers_ > 0 && busy_ == 0 && queue_.empty()) idle_.notify_all();
+        if (drainers_ > 0) idle_.notify_all();
     }
 
     void work(Worker& self) noexcept {
@@ -367,6 +395,7 @@ private:
         }
         --threads_;
         self.exited = true;
+        if (drainers_ > 0) idle_.notify_all();
         lock.unlock();
         current_pool() = nullptr;
         release_ref();

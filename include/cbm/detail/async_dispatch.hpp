@@ -252,10 +252,16 @@ public:
                 TriggerScope scope(state.group, state.group->fenced_entry);
                 announce_in(scope, &node);
                 const bool registered = (node.state.load(std::memory_order_acquire) & kUnregistered) == 0;
-                if (retry != nullptr && (cut || !registered || dropped)) {
-                    // No further attempt (as in trigger(): a canceled trigger or
-                    // an unregistered callback stops retrying): the last
-                    // attempt's failure is final.
+                if (retry != nullptr && !registered) {
+                    // Unregistered during the backoff: no further attempt, and
+                    // the last failure is final. unregister() (or the group's
+                    // destruction) did not wait for a backoff and has returned,
+                    // so the group's handlers hear nothing more of this
+                    // callback: the failure reaches the result and metrics.
+                    record_final_quietly(node, part, retry->last_error);
+                } else if (retry != nullptr && (cut || dropped)) {
+                    // No further attempt (as in trigger(): a canceled trigger
+                    // stops retrying): the last attempt's failure is final.
                     outcome = finish(state, node, part, KeyOf{nullptr, &retry->key}, retry->last_error,
                                      retry->attempts, retry->admission);
                     part.stopped = part.stopped || cut;
@@ -365,6 +371,18 @@ private:
         return Outcome::invoked;
     }
 
+    // The final failure of a callback that left its group during a backoff.
+    static void record_final_quietly(Node<Signature>& node, TriggerResult& part, std::exception_ptr error) noexcept {
+        ++part.invoked;
+        ++part.failed;
+        if (node.stats != nullptr) node.stats->failed.fetch_add(1, std::memory_order_relaxed);
+        try {
+            part.failures.push_back(Failure{node.name, std::move(error), false});
+        } catch (...) {
+            // Out of memory: it stays counted in `failed`.
+        }
+    }
+
     // Waits for `retry.due` on the timer service; then a runner thread hands
     // the invocation back to its executor. Without a timer (the process is
     // exiting), at once.
@@ -389,8 +407,13 @@ void RetryWait<Signature>::run() noexcept {
     InvocationTask<Signature> task = std::move(*parked);
     parked.reset();
     Node<Signature>& node = *task.node_;
-    const AnyExecutor& executor = node.executor != nullptr ? *node.executor : task.state_->group->executor;
+    // The executor lives in the node or in its group's state; the task may
+    // finish (and drop its references) before execute() returns, so this
+    // thread holds the node, and through it the group's state, meanwhile.
+    node.add_ref();
+    const AnyExecutor& executor = node.executor != nullptr ? *node.executor : node.group->executor;
     submit(executor, std::move(task));
+    node.release_ref();
 }
 
 template <class Signature>
