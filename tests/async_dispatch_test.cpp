@@ -795,3 +795,4 @@ TEST_CASE("two coroutines awaiting one AsyncResult are both resumed when it is r
     CHECK(first->invoked == 1);
     CHECK(second->invoked == 1);
 }
+

@@ -12,13 +12,15 @@
 // before it started, refused by an open circuit, or not started after
 // ErrorPolicy::stop). Failures are listed in the order they completed.
 //
-// Memory ordering: the last task to finish publishes the result with a
-// release store of `done` (readers acquire it); waiting uses a mutex and a
-// condition variable only when someone waits (a Dekker handshake between
-// `done` and `waiters`, both seq_cst); awaiting coroutines are listed under
-// the mutex, and the completion takes the list under it after setting
-// `done`, so each is resumed exactly once (by the completion, or at once by
-// await_suspend returning false).
+// Memory ordering: one word of flags. The last task to finish sets kDone
+// with an acq_rel fetch_or after writing the counts (ready() acquires it).
+// A thread that waits, or a coroutine that awaits, first sets kWatched; only
+// then does the completion take the mutex, notify and resume. The two
+// read-modify-writes on one word are totally ordered, so either the
+// completion sees kWatched (and a waiter, which checks kDone under the mutex
+// before it sleeps, is woken; an awaiter, listed under the mutex, is
+// resumed), or the waiter or awaiter sees kDone and does not sleep or
+// suspend. Each awaiting coroutine is resumed exactly once.
 #pragma once
 
 #include <atomic>
@@ -33,6 +35,7 @@
 #include <utility>
 #include <vector>
 
+#include "detail/block_cache.hpp"
 #include "error_policy.hpp"
 
 namespace cbm {
@@ -54,6 +57,12 @@ public:
     void release_ref() noexcept {
         if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
     }
+
+    // Made by the caller of trigger_async and freed by whichever thread
+    // finishes last: recycled per thread (block_cache.hpp), not through
+    // malloc's arena lock.
+    static void* operator new(std::size_t n) { return BlockCache::allocate(n); }
+    static void operator delete(void* p) noexcept { BlockCache::deallocate(p); }
 
     void add_pending() noexcept { pending_.fetch_add(1, std::memory_order_relaxed); }
     // One task (or the submission) finished; the last one completes the
@@ -90,57 +99,53 @@ protected:
 private:
     friend class cbm::AsyncResult;
 
+    static constexpr std::uint32_t kDone = 1;     // every task has finished
+    static constexpr std::uint32_t kWatched = 2;  // a thread waits or a coroutine awaits: completion takes the mutex
+
     void complete() noexcept {
-        {
-            std::lock_guard<std::mutex> lock(mutex_);
-            result_.invoked = invoked_.load(std::memory_order_relaxed);
-            result_.skipped = skipped_.load(std::memory_order_relaxed);
-        }
-        done_.store(true, std::memory_order_seq_cst);
-        if (waiters_.load(std::memory_order_seq_cst) != 0) {
-            { std::lock_guard<std::mutex> lock(mutex_); }  // a waiter between its check and its wait gets the notify
-            cv_.notify_all();
-        }
+        result_.invoked = invoked_.load(std::memory_order_relaxed);
+        result_.skipped = skipped_.load(std::memory_order_relaxed);
+        if ((flags_.fetch_or(kDone, std::memory_order_acq_rel) & kWatched) == 0) return;  // nobody to tell
         std::vector<std::coroutine_handle<>> awaiting;
         {
+            // A waiter checks kDone under the mutex before it sleeps, and an
+            // awaiter is listed under it.
             std::lock_guard<std::mutex> lock(mutex_);
             awaiting.swap(continuations_);
         }
+        cv_.notify_all();
         for (std::coroutine_handle<> h : awaiting) h.resume();
     }
 
-    bool ready() const noexcept { return done_.load(std::memory_order_acquire); }
+    bool ready() const noexcept { return (flags_.load(std::memory_order_acquire) & kDone) != 0; }
 
     void wait() {
         if (ready()) return;
-        const WaiterScope scope(waiters_);
+        flags_.fetch_or(kWatched, std::memory_order_acq_rel);
         std::unique_lock<std::mutex> lock(mutex_);
-        cv_.wait(lock, [this] { return done_.load(std::memory_order_seq_cst); });
+        cv_.wait(lock, [this] { return ready(); });
     }
     template <class Clock, class Duration>
     bool wait_until(const std::chrono::time_point<Clock, Duration>& time) {
         if (ready()) return true;
-        const WaiterScope scope(waiters_);
+        flags_.fetch_or(kWatched, std::memory_order_acq_rel);
         std::unique_lock<std::mutex> lock(mutex_);
-        return cv_.wait_until(lock, time, [this] { return done_.load(std::memory_order_seq_cst); });
+        return cv_.wait_until(lock, time, [this] { return ready(); });
     }
-    struct WaiterScope {
-        explicit WaiterScope(std::atomic<std::uint32_t>& w) noexcept : waiters(w) {
-            waiters.fetch_add(1, std::memory_order_seq_cst);
-        }
-        WaiterScope(const WaiterScope&) = delete;
-        WaiterScope& operator=(const WaiterScope&) = delete;
-        ~WaiterScope() { waiters.fetch_sub(1, std::memory_order_relaxed); }
-        std::atomic<std::uint32_t>& waiters;
-    };
 
     // True when the coroutine was suspended and will be resumed by the
     // completion; false when the result is ready already (do not suspend).
     // Throws: std::bad_alloc (the coroutine is not suspended then).
     bool suspend(std::coroutine_handle<> h) {
         std::lock_guard<std::mutex> lock(mutex_);
-        if (done_.load(std::memory_order_seq_cst)) return false;
+        if (ready()) return false;
         continuations_.push_back(h);
+        // The two read-modify-writes of flags_ are ordered: if the
+        // completion's came first, it will not look at the list.
+        if ((flags_.fetch_or(kWatched, std::memory_order_acq_rel) & kDone) != 0) {
+            continuations_.pop_back();
+            return false;
+        }
         return true;
     }
 
@@ -154,8 +159,7 @@ private:
     std::atomic<std::size_t> invoked_{0};
     std::atomic<std::size_t> skipped_{0};
     std::atomic<bool> stop_{false};
-    std::atomic<bool> done_{false};
-    std::atomic<std::uint32_t> waiters_{0};
+    std::atomic<std::uint32_t> flags_{0};  // kDone, kWatched
     const ErrorPolicy policy_;
     mutable std::mutex mutex_;
     std::condition_variable cv_;

@@ -37,7 +37,12 @@
 //
 // Synchronisation: one mutex protects the queue and the counts; tasks run
 // without it. The queue is a ring of Tasks that grows by doubling up to the
-// capacity, so a task costs no allocation once the ring has grown.
+// capacity, so a task costs no allocation once the ring has grown. A thread
+// takes a share of the waiting tasks (up to 8) under one lock, and looks
+// for work a little while (64 yields, reading a relaxed copy of the queue's
+// size) before it sleeps, so that a busy pool is fed without system calls;
+// a producer wakes a thread only if one sleeps. The copy is only a hint:
+// every decision is made again under the mutex.
 #pragma once
 
 #include <algorithm>
@@ -155,8 +160,9 @@ public:
             --blocked_producers_;
         }
         queue_.push(std::move(task));
+        queued_hint_.store(queue_.size(), std::memory_order_relaxed);
         ++submitted_;
-        if (queue_.size() > idle_threads_ && threads_ < options_.max_threads) {
+        if (queue_.size() > idle_threads_ + spinning_ && threads_ < options_.max_threads) {
             take_exited_locked(exited);
             try {
                 spawn_locked();
@@ -165,6 +171,7 @@ public:
                 // none at all it would wait forever, so it is refused.
                 if (threads_ == 0) {
                     task = queue_.take_back();  // not consumed: the caller still has it
+                    queued_hint_.store(queue_.size(), std::memory_order_relaxed);
                     --submitted_;
                     throw;
                 }
@@ -245,6 +252,7 @@ public:
             // report themselves dropped).
             if (threads_ == 0) {
                 while (!queue_.empty()) left.push_back(queue_.pop());
+            queued_hint_.store(0, std::memory_order_relaxed);
             }
         }
     }
@@ -311,6 +319,9 @@ private:
         std::size_t size_ = 0;
     };
 
+    static constexpr std::size_t kBatch = 8;  // tasks a thread takes under one lock, at most
+    static constexpr int kSpins = 64;         // yields before a thread sleeps
+
     static const PoolCore*& current_pool() noexcept {
         thread_local const PoolCore* pool = nullptr;
         return pool;
@@ -362,27 +373,43 @@ private:
         task.reset();  // the function's captures go before the task counts as finished
     }
 
-    void finish_task_locked() noexcept {
+    void finish_task_locked() noexcept { finish_tasks_locked(1); }
+    void finish_tasks_locked(std::size_t n) noexcept {
         --busy_;
-        ++completed_;
+        completed_ += n;
         if (drainers_ > 0) idle_.notify_all();
     }
 
     void work(Worker& self) noexcept {
         current_pool() = this;
         std::unique_lock<std::mutex> lock(mutex_);
+        Task batch[kBatch];
         for (;;) {
             if (!queue_.empty()) {
-                Task task = queue_.pop();
+                // A share of what waits, so that one lock serves several
+                // tasks without starving the other threads.
+                const std::size_t n = std::clamp<std::size_t>(queue_.size() / threads_, 1, kBatch);
+                for (std::size_t i = 0; i < n; ++i) batch[i] = queue_.pop();
+                queued_hint_.store(queue_.size(), std::memory_order_relaxed);
                 ++busy_;
-                if (blocked_producers_ > 0) room_.notify_one();
+                if (blocked_producers_ > 0) room_.notify_all();
                 lock.unlock();
-                run_task(task);
+                for (std::size_t i = 0; i < n; ++i) run_task(batch[i]);
                 lock.lock();
-                finish_task_locked();
+                finish_tasks_locked(n);
                 continue;
             }
             if (stopping_) break;
+            // Before sleeping, look for work a little while without the lock:
+            // a producer then queues without waking anyone (no system call).
+            ++spinning_;
+            lock.unlock();
+            for (int i = 0; i < kSpins && queued_hint_.load(std::memory_order_relaxed) == 0; ++i) {
+                std::this_thread::yield();
+            }
+            lock.lock();
+            --spinning_;
+            if (!queue_.empty() || stopping_) continue;
             ++idle_threads_;
             bool timed_out = false;
             if (threads_ > options_.min_threads) {
@@ -408,9 +435,11 @@ private:
     std::condition_variable room_;  // the queue has room (blocked producers)
     std::condition_variable idle_;  // the queue is empty and nothing runs (drainers)
     TaskRing queue_;
+    std::atomic<std::size_t> queued_hint_{0};  // queue_.size(), stored under mutex_, read by spinning threads
     std::list<Worker> workers_;  // started and not yet joined (list: a worker keeps a reference to its entry)
     std::size_t threads_ = 0;           // running their loop
-    std::size_t idle_threads_ = 0;      // waiting for work
+    std::size_t idle_threads_ = 0;      // asleep, waiting for work (a producer wakes one)
+    std::size_t spinning_ = 0;          // looking for work without the lock, before sleeping
     std::size_t busy_ = 0;              // running a task (on a pool thread or a caller)
     std::size_t blocked_producers_ = 0;
     std::size_t drainers_ = 0;
