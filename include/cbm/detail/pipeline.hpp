@@ -1,7 +1,7 @@
 // cbm/detail/pipeline.hpp - how one callback runs, step by step, when it is
 // not the trigger loop's plain case (a filter, `once`, metrics, resilience):
 //
-//   filter -> once claim -> dispatch (the executor seam) -> resilience
+//   filter -> once claim -> dispatch -> resilience
 //          -> instrumentation -> invoke with exception capture
 //
 // Each step is one function below (or in the file named). Failures are
@@ -83,9 +83,10 @@ std::exception_ptr run_claimed(const Node<Signature>& node, const PipelineContex
     return invoke_instrumented(node, p.group, p.thread_index, p.sampled, args...);
 }
 
-// Step 3, dispatch: the seam where an executor takes the call to another
-// thread. Today every call runs here, on the triggering thread, while the
-// node is announced.
+// Step 3, dispatch: the call runs here, on the thread that announced the
+// node. (trigger_async hands whole invocations to executors before step 1;
+// each task then runs this chain under its own announcement:
+// async_dispatch.hpp.)
 template <class Signature, class... A>
 std::exception_ptr dispatch(const Node<Signature>& node, const PipelineContext& p, std::uint32_t& attempts,
                             bool& circuit_open, A&... args) {
