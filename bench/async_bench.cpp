@@ -8,9 +8,12 @@
 //                     them (throughput per producer = 1e9 / ns)
 //   async_latency     from submission to the start of the task, on an idle
 //                     pool (its threads asleep): p50, p99, max
-//   async_memory      heap bytes and allocations per queued invocation, with
-//                     the pool's threads held busy (counted by a replaced
-//                     operator new)
+//   async_memory      heap bytes per queued invocation (per callback task), with the pool's
+//                     threads held busy (malloc's own count, mallinfo2, so
+//                     that allocators which bypass operator new count too),
+//                     and allocations per invocation through operator new
+//                     (a replaced one; reported only where the library
+//                     allocates through it)
 //
 // Peers: asio::thread_pool + asio::post (Debian libasio-dev); a
 // std::mutex + std::condition_variable + std::deque<std::function<void()>>
@@ -47,24 +50,15 @@
 namespace {
 std::atomic<bool> g_counting{false};
 std::atomic<long> g_allocations{0};
-std::atomic<long> g_live_bytes{0};
 }  // namespace
 
 void* operator new(std::size_t n) {
     void* p = std::malloc(n == 0 ? 1 : n);
     if (p == nullptr) throw std::bad_alloc();
-    if (g_counting.load(std::memory_order_relaxed)) {
-        g_allocations.fetch_add(1, std::memory_order_relaxed);
-        g_live_bytes.fetch_add(static_cast<long>(malloc_usable_size(p)), std::memory_order_relaxed);
-    }
+    if (g_counting.load(std::memory_order_relaxed)) g_allocations.fetch_add(1, std::memory_order_relaxed);
     return p;
 }
-void operator delete(void* p) noexcept {
-    if (p != nullptr && g_counting.load(std::memory_order_relaxed)) {
-        g_live_bytes.fetch_sub(static_cast<long>(malloc_usable_size(p)), std::memory_order_relaxed);
-    }
-    std::free(p);
-}
+void operator delete(void* p) noexcept { std::free(p); }
 void operator delete(void* p, std::size_t) noexcept { operator delete(p); }
 
 namespace {
@@ -160,6 +154,8 @@ private:
 // --- what each implementation posts ----------------------------------------
 
 struct CbmAsync {
+    static constexpr long kTasksPerPost = 1;
+    static constexpr bool kAllocatesThroughNew = true;
     cbm::ThreadPool pool{{.min_threads = kWorkers, .max_threads = kWorkers, .queue_capacity = 1 << 20}};
     cbm::CallbackGroup<void(Counter*)> group{cbm::GroupOptions{.executor = pool.executor()}};
     CbmAsync() {
@@ -168,7 +164,17 @@ struct CbmAsync {
     void post(Counter* done) { group.trigger_async(done); }
 };
 
+struct CbmAsyncThreeCallbacks : CbmAsync {  // one shared state for three tasks
+    static constexpr long kTasksPerPost = 3;
+    CbmAsyncThreeCallbacks() {
+        group.add([](Counter* done) { task_body(done); });
+        group.add([](Counter* done) { task_body(done); });
+    }
+};
+
 struct CbmPoolOnly {  // the pool alone: its queue without trigger_async's bookkeeping
+    static constexpr long kTasksPerPost = 1;
+    static constexpr bool kAllocatesThroughNew = true;
     cbm::ThreadPool pool{{.min_threads = kWorkers, .max_threads = kWorkers, .queue_capacity = 1 << 20}};
     cbm::ThreadPool::Executor ex = pool.executor();
     void post(Counter* done) {
@@ -177,6 +183,8 @@ struct CbmPoolOnly {  // the pool alone: its queue without trigger_async's bookk
 };
 
 struct MutexDeque {
+    static constexpr long kTasksPerPost = 1;
+    static constexpr bool kAllocatesThroughNew = true;
     MutexDequePool pool;
     void post(Counter* done) {
         pool.post([done] { task_body(done); });
@@ -185,6 +193,8 @@ struct MutexDeque {
 
 #if defined(CBM_BENCH_HAVE_CONCURRENTQUEUE)
 struct Moodycamel {
+    static constexpr long kTasksPerPost = 1;
+    static constexpr bool kAllocatesThroughNew = false;  // std::malloc, in its own blocks
     MoodycamelPool pool;
     void post(Counter* done) {
         pool.post([done] { task_body(done); });
@@ -194,6 +204,8 @@ struct Moodycamel {
 
 #if defined(CBM_BENCH_HAVE_ASIO)
 struct AsioPost {
+    static constexpr long kTasksPerPost = 1;
+    static constexpr bool kAllocatesThroughNew = false;  // its own recycling allocator
     asio::thread_pool pool{kWorkers};
     ~AsioPost() { pool.join(); }
     void post(Counter* done) {
@@ -276,19 +288,19 @@ void memory(benchmark::State& state) {
         for (int i = 0; i < kWorkers; ++i) impl.post(&done);
         while (g_holding.load() < kWorkers) std::this_thread::yield();
         const long before_allocations = g_allocations.load();
-        const long before_bytes = g_live_bytes.load();
+        const auto before_bytes = static_cast<long>(mallinfo2().uordblks);
         g_counting = true;
         for (long i = 0; i < kQueued; ++i) impl.post(&done);
         g_counting = false;
         const long after_allocations = g_allocations.load();
-        const long after_bytes = g_live_bytes.load();
+        const auto after_bytes = static_cast<long>(mallinfo2().uordblks);
         g_hold = false;
-        wait_for(done, kQueued + kWorkers);
-        bytes = static_cast<double>(after_bytes - before_bytes) / kQueued;
+        wait_for(done, (kQueued + kWorkers) * Impl::kTasksPerPost);
+        bytes = static_cast<double>(after_bytes - before_bytes) / static_cast<double>(kQueued * Impl::kTasksPerPost);
         allocations = static_cast<double>(after_allocations - before_allocations) / kQueued;
     }
     state.counters["bytes_heap"] = bytes;
-    state.counters["allocs_per_op"] = allocations;
+    if (Impl::kAllocatesThroughNew) state.counters["allocs_per_op"] = allocations;
 }
 
 }  // namespace
@@ -299,6 +311,7 @@ void memory(benchmark::State& state) {
     BENCHMARK(memory<Impl>)->Name("async_memory/" impl_name)->Iterations(1)
 
 CBM_ASYNC_BENCH("cbm_trigger_async", CbmAsync);
+BENCHMARK(memory<CbmAsyncThreeCallbacks>)->Name("async_memory/cbm_trigger_async_3_callbacks")->Iterations(1);
 CBM_ASYNC_BENCH("cbm_thread_pool_execute", CbmPoolOnly);
 CBM_ASYNC_BENCH("mutex_deque_pool", MutexDeque);
 #if defined(CBM_BENCH_HAVE_CONCURRENTQUEUE)

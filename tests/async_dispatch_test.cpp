@@ -678,6 +678,7 @@ public:
         std::condition_variable cv;
         std::deque<cbm::Task> tasks;
         std::atomic<int> finished{0};
+        std::atomic<int> returned{0};  // execute() calls that returned
         bool stop = false;
         std::thread thread{[this] { loop(); }};
         ~Worker() {
@@ -713,6 +714,7 @@ public:
         worker_->cv.notify_one();
         eventually([&] { return worker_->finished.load() > before; });
         ++submitted_;  // touches the executor after its task is done
+        ++worker_->returned;
     }
     template <class F>
     void execute(F&& f) {
@@ -749,7 +751,7 @@ TEST_CASE("a group destroyed during a retry backoff: the retry touches nothing f
         destroyed = true;
     }
     // The retry wakes, finds its callback gone, and ends: two tasks in all.
-    CHECK(eventually([&] { return worker.finished.load() == 2; }));
+    CHECK(eventually([&] { return worker.finished.load() == 2 && worker.returned.load() == 2; }));
     CHECK(attempts.load() == 1);
     CHECK(handled_after_destruction.load() == 0);
 }

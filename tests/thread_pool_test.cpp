@@ -144,7 +144,6 @@ TEST_CASE("a task that submits to its own full pool (Overflow::block) runs the n
     std::atomic<int> inner_ran{0};
     std::atomic<std::thread::id> outer_thread{};
     std::atomic<std::thread::id> inner_thread{};
-    Gate queued;
     ex.execute([&] {
         outer_thread = std::this_thread::get_id();
         ex.execute([&] { ++inner_ran; });  // fills the queue (the only thread is this one)
