@@ -46,7 +46,10 @@
 #include <concurrentqueue/blockingconcurrentqueue.h>
 #endif
 
-// Allocation counting, only while `g_counting` is set (async_memory).
+// Allocation counting, only while `g_counting` is set (async_memory). The
+// replacement pairs malloc with free itself; g++ 12 cannot see that through
+// inlining and warns of a mismatch.
+#pragma GCC diagnostic ignored "-Wmismatched-new-delete"
 namespace {
 std::atomic<bool> g_counting{false};
 std::atomic<long> g_allocations{0};
@@ -59,7 +62,7 @@ void* operator new(std::size_t n) {
     return p;
 }
 void operator delete(void* p) noexcept { std::free(p); }
-void operator delete(void* p, std::size_t) noexcept { operator delete(p); }
+void operator delete(void* p, std::size_t) noexcept { std::free(p); }
 
 namespace {
 

@@ -38,7 +38,7 @@ namespace cbm::detail {
 class BlockCache {
 public:
     static constexpr std::size_t kBlockBytes = 512;  // including the header
-    static constexpr std::size_t kMaxLocal = 256;    // blocks kept on the owner's list at most
+    static constexpr std::size_t kMaxLocal = 256;    // blocks a thread keeps for reuse at most
 
     // A block for `n` bytes (aligned for std::max_align_t).
     static void* allocate(std::size_t n) {
@@ -107,9 +107,17 @@ private:
     // a reference to the cache.
     Header* take() {
         if (local_ == nullptr) {
+            // Take back what other threads freed, keeping at most kMaxLocal:
+            // a burst of outstanding blocks is not kept for the thread's life.
             local_ = remote_.exchange(nullptr, std::memory_order_acquire);
             local_count_ = 0;
-            for (Header* h = local_; h != nullptr; h = h->next) ++local_count_;
+            for (Header* h = local_; h != nullptr; h = h->next) {
+                if (++local_count_ == kMaxLocal) {
+                    free_list(h->next);
+                    h->next = nullptr;
+                    break;
+                }
+            }
         }
         Header* h = local_;
         if (h != nullptr) {

@@ -58,8 +58,11 @@ struct KeyOf {
     return group.policy == ErrorPolicy::stop;
 }
 
-inline bool report_failure(TriggerResult& result, GroupState& group, const CallbackList& list, const NodeBase& node,
-                           std::exception_ptr error, bool in_filter, std::uint32_t attempts = 1) noexcept {
+// Out of line too, as before the key had two forms: the trigger loop's
+// failure path stays one call.
+[[gnu::noinline]] inline bool report_failure(TriggerResult& result, GroupState& group, const CallbackList& list,
+                                             const NodeBase& node, std::exception_ptr error, bool in_filter,
+                                             std::uint32_t attempts = 1) noexcept {
     return report_failure(result, group, KeyOf{&list, nullptr}, node, std::move(error), in_filter, attempts);
 }
 
