@@ -111,34 +111,30 @@ struct SeriesLabels {
     const Labels* labels = nullptr;
 };
 
+// Appends `name="value"` (escaped), after a comma unless it is the first.
+inline void append_label(std::string& out, std::string_view name, std::string_view value, bool first = false) {
+    if (!first) out += ',';
+    out += name;
+    out += "=\"";
+    append_escaped(out, value);
+    out += '"';
+}
+
 inline std::string label_set(const SeriesLabels& series, std::string_view extra_name = {}, std::string_view extra = {},
                              std::string_view more_name = {}, std::string_view more = {}) {
-    std::string out = "{key=\"";
-    append_escaped(out, series.key);
-    out += "\",callback=\"";
-    append_escaped(out, series.callback);
-    out += '"';
+    std::string out = "{";
+    append_label(out, "key", series.key, true);
+    append_label(out, "callback", series.callback);
     if (series.id != 0) {
         out += ",id=\"";
         out += std::to_string(series.id);
         out += '"';
     }
     if (series.labels != nullptr) {
-        for (const auto& [name, value] : *series.labels) {
-            out += ',';
-            out += name;
-            out += "=\"";
-            append_escaped(out, value);
-            out += '"';
-        }
+        for (const auto& [name, value] : *series.labels) append_label(out, name, value);
     }
     for (const auto& [name, value] : {std::pair{extra_name, extra}, std::pair{more_name, more}}) {
-        if (name.empty()) continue;
-        out += ',';
-        out += name;
-        out += "=\"";
-        append_escaped(out, value);
-        out += '"';
+        if (!name.empty()) append_label(out, name, value);
     }
     out += '}';
     return out;
@@ -149,13 +145,7 @@ inline std::string label_set(const SeriesLabels& series, std::string_view extra_
 inline std::string plain_label_set(const Labels& labels) {
     if (labels.empty()) return {};
     std::string out = "{";
-    for (const auto& [name, value] : labels) {
-        if (out.size() > 1) out += ',';
-        out += name;
-        out += "=\"";
-        append_escaped(out, value);
-        out += '"';
-    }
+    for (const auto& [name, value] : labels) append_label(out, name, value, out.size() == 1);
     out += '}';
     return out;
 }
