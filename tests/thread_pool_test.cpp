@@ -36,6 +36,23 @@ void occupy_threads(cbm::ThreadPool& pool, std::size_t threads, Gate& gate, std:
     REQUIRE(eventually([&] { return running.load() == static_cast<int>(threads); }));
 }
 
+// A pool of one thread and a queue of one: the thread is held by `gate`
+// and the queue is full, so the next execute() meets the overflow policy.
+struct FullPool {
+    explicit FullPool(cbm::Overflow overflow)
+        : pool({.min_threads = 1, .max_threads = 1, .queue_capacity = 1, .overflow = overflow}) {
+        occupy_threads(pool, 1, gate, running);
+        pool.executor().execute([] {});  // fills the queue
+    }
+    FullPool(const FullPool&) = delete;
+    FullPool& operator=(const FullPool&) = delete;
+    ~FullPool() { gate.open(); }
+
+    Gate gate;
+    std::atomic<int> running{0};
+    cbm::ThreadPool pool;
+};
+
 }  // namespace
 
 TEST_CASE("a task runs on a thread of the pool, not on the caller") {
@@ -103,12 +120,9 @@ TEST_CASE("a full queue with Overflow::reject throws queue_full, counts it, and 
 }
 
 TEST_CASE("a full queue with Overflow::caller_runs runs the task on the calling thread") {
-    cbm::ThreadPool pool(
-        {.min_threads = 1, .max_threads = 1, .queue_capacity = 1, .overflow = cbm::Overflow::caller_runs});
-    Gate gate;
-    std::atomic<int> running{0};
-    occupy_threads(pool, 1, gate, running);
-    pool.executor().execute([] {});  // fills the queue
+    FullPool full(cbm::Overflow::caller_runs);
+    cbm::ThreadPool& pool = full.pool;
+    Gate& gate = full.gate;
     std::thread::id ran_on{};
     pool.executor().execute([&] { ran_on = std::this_thread::get_id(); });
     CHECK(ran_on == std::this_thread::get_id());
@@ -117,11 +131,9 @@ TEST_CASE("a full queue with Overflow::caller_runs runs the task on the calling 
 }
 
 TEST_CASE("a full queue with Overflow::block makes execute wait for room") {
-    cbm::ThreadPool pool({.min_threads = 1, .max_threads = 1, .queue_capacity = 1, .overflow = cbm::Overflow::block});
-    Gate gate;
-    std::atomic<int> running{0};
-    occupy_threads(pool, 1, gate, running);
-    pool.executor().execute([] {});  // fills the queue
+    FullPool full(cbm::Overflow::block);
+    cbm::ThreadPool& pool = full.pool;
+    Gate& gate = full.gate;
     std::atomic<bool> returned{false};
     std::atomic<bool> ran{false};
     std::thread producer([&] {
@@ -350,12 +362,9 @@ TEST_CASE("a task that destroys its own ThreadPool: its thread finishes that tas
 }
 
 TEST_CASE("drain() and shutdown() from a task that a full pool ran on its caller throw std::logic_error") {
-    cbm::ThreadPool pool(
-        {.min_threads = 1, .max_threads = 1, .queue_capacity = 1, .overflow = cbm::Overflow::caller_runs});
-    Gate gate;
-    std::atomic<int> running{0};
-    occupy_threads(pool, 1, gate, running);
-    pool.executor().execute([] {});  // fills the queue
+    FullPool full(cbm::Overflow::caller_runs);
+    cbm::ThreadPool& pool = full.pool;
+    Gate& gate = full.gate;
     int logic_errors = 0;
     pool.executor().execute([&] {  // runs here, on the caller
         try {
@@ -374,12 +383,9 @@ TEST_CASE("drain() and shutdown() from a task that a full pool ran on its caller
 }
 
 TEST_CASE("shutdown() returns only once the tasks its callers run (caller_runs) have finished") {
-    cbm::ThreadPool pool(
-        {.min_threads = 1, .max_threads = 1, .queue_capacity = 1, .overflow = cbm::Overflow::caller_runs});
-    Gate gate;
-    std::atomic<int> running{0};
-    occupy_threads(pool, 1, gate, running);
-    pool.executor().execute([] {});  // fills the queue
+    FullPool full(cbm::Overflow::caller_runs);
+    cbm::ThreadPool& pool = full.pool;
+    Gate& gate = full.gate;
     Gate caller_task_running;
     Gate caller_task_release;
     std::thread caller([&] {
