@@ -1,6 +1,11 @@
 // README "Asynchronous dispatch": any copyable type with execute(f) is an
 // executor. This one gives each invocation a std::jthread of its own (Go's
 // `go h()`, literally), and joins them when the last copy goes.
+//
+// Which thread drops the last copy is not fixed: the group keeps a copy, and
+// so does each queued invocation until it has settled on its own thread. Keep
+// one copy where you want the joins to happen (here: main), and never let a
+// thread join itself.
 #include <cbm/cbm.hpp>
 
 #include <atomic>
@@ -24,7 +29,15 @@ public:
 private:
     struct Threads {
         std::mutex mutex;
-        std::vector<std::jthread> running;  // joined by ~vector
+        std::vector<std::jthread> running;
+
+        ~Threads() {
+            // Should a task's thread drop the last copy after all, joining
+            // itself would throw (std::errc::resource_deadlock_would_occur).
+            for (std::jthread& t : running) {
+                if (t.get_id() == std::this_thread::get_id()) t.detach();
+            }
+        }  // ~vector joins the others
     };
     std::shared_ptr<Threads> threads_;
 };
@@ -33,13 +46,14 @@ static_assert(cbm::Executor<ThreadPerTask>);
 
 int main() {
     std::atomic<int> handled{0};
+    const ThreadPerTask spawner;  // the last copy: its threads are joined here
     {
-        cbm::CallbackGroup<void(int)> events({.executor = ThreadPerTask{}});
+        cbm::CallbackGroup<void(int)> events({.executor = spawner});
         events.add([&handled](int x) { handled += x; });
         events.add([&handled](int x) { handled += 10 * x; });
         const cbm::TriggerResult res = events.trigger_async(2).get();
         std::printf("%zu callbacks ran on threads of their own\n", res.invoked);
-    }  // the group, and with it the executor's last copy, joins the threads
+    }  // the group waits for its callbacks; their threads may still be exiting
     std::printf("handled %d\n", handled.load());
     return handled.load() == 22 ? 0 : 1;
 }
