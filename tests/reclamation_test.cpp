@@ -252,3 +252,31 @@ TEST_CASE("blocks of trigger_async's per-thread cache freed on other threads, al
     // the sanitizers).
     CHECK(cbm_test::live_bytes() == before);
 }
+
+TEST_CASE("after a burst of trigger_async's blocks freed on another thread, their owner keeps at most 256 of them",
+          "[reclamation]") {
+    using cbm::detail::BlockCache;
+    constexpr std::size_t kBurst = 5000;
+    std::int64_t cached_after_burst = 0;
+    std::thread owner([&] {
+        void* warm = BlockCache::allocate(200);  // the cache itself, made before the baseline
+        BlockCache::deallocate(warm);
+        const std::int64_t before = cbm_test::live_bytes();
+        std::vector<void*> burst;
+        for (std::size_t i = 0; i < kBurst; ++i) burst.push_back(BlockCache::allocate(200));
+        std::thread freer([&] {
+            for (void* p : burst) BlockCache::deallocate(p);
+        });
+        freer.join();
+        burst.clear();
+        burst.shrink_to_fit();
+        // The owner's next allocation takes the stack back and frees the excess.
+        for (int i = 0; i < 3; ++i) BlockCache::deallocate(BlockCache::allocate(200));
+        cached_after_burst = cbm_test::live_bytes() - before;
+    });
+    owner.join();
+    INFO("the owner kept " << cached_after_burst << " bytes of blocks");
+    // 256 blocks, and a little for the threads' own bookkeeping (the burst
+    // itself is 2.5 MB).
+    CHECK(cached_after_burst <= static_cast<std::int64_t>(BlockCache::kMaxOwned * BlockCache::kBlockBytes) + 16 * 1024);
+}

@@ -12,8 +12,11 @@
 // before it started, refused by an open circuit, or not started after
 // ErrorPolicy::stop). Failures are listed in the order they completed.
 //
-// Memory ordering: one word of flags. The last task to finish sets kDone
-// with an acq_rel fetch_or after writing the counts (ready() acquires it).
+// Memory ordering: every task adds its counts (if any) before its acq_rel
+// decrement of the pending count, and the walk stores how many tasks it
+// made before its own; these read-modify-writes form one release sequence,
+// so whoever brings the count to zero sees all of it. That thread then sets
+// kDone in a word of flags with an acq_rel fetch_or (ready() acquires it).
 // A thread that waits, or a coroutine that awaits, first sets kWatched; only
 // then does the completion take the mutex, notify and resume. The two
 // read-modify-writes on one word are totally ordered, so either the
@@ -45,9 +48,33 @@ class AsyncResult;
 namespace detail {
 
 // What one trigger_async shares with its tasks: the counts, the failures,
-// and the completion. Counted: the AsyncResult handles and each task hold a
-// reference. `pending` counts the tasks not finished, plus one for the
-// submission itself, so the result is ready only after both.
+// and the completion. Counted: each AsyncResult handle holds a reference,
+// and the unfinished work holds one more, all together: `pending` counts
+// the tasks not finished plus the submission (the walk), and whoever brings
+// it to zero completes the result and drops that reference. So a task
+// costs the state one read-modify-write (its finish_task), not four.
+//
+// The walk does not know in advance how many tasks it will hand out, and a
+// task may finish before the next one is made; so `pending` starts at
+// kSubmitting, far above any count, tasks only ever subtract, and the walk,
+// when done, subtracts kSubmitting less the number of tasks it made. Until
+// then `pending` cannot reach zero.
+//
+// Most tasks invoke their callback and nothing else happens to them: such a
+// task adds nothing to the counts (finish_task), and is counted as invoked
+// at the end, from the number of tasks less those that did add theirs.
+//
+// Layout: the words every task touches (these, and the arguments and
+// context of the derived AsyncState) come first, on as few cache lines as
+// may be; what only waiters, awaiters and failures need (AsyncWatch) comes
+// last, after the derived members, reached through `watch_`.
+struct AsyncWatch {
+    mutable std::mutex mutex;
+    std::condition_variable cv;
+    TriggerResult result;  // under mutex: failed, stopped, failures (the counts are filled in by result())
+    std::vector<std::coroutine_handle<>> continuations;  // under mutex: coroutines awaiting the result
+};
+
 class AsyncStateBase {
 public:
     AsyncStateBase(const AsyncStateBase&) = delete;
@@ -64,11 +91,22 @@ public:
     static void* operator new(std::size_t n) { return BlockCache::allocate(n); }
     static void operator delete(void* p) noexcept { BlockCache::deallocate(p); }
 
-    void add_pending() noexcept { pending_.fetch_add(1, std::memory_order_relaxed); }
-    // One task (or the submission) finished; the last one completes the
-    // result (and may resume a coroutine on this thread).
-    void finish_one() noexcept {
-        if (pending_.fetch_sub(1, std::memory_order_acq_rel) == 1) complete();
+    // One task finished with `part`. The last to finish (a task, or the
+    // walk) completes the result, which may resume a coroutine on this
+    // thread, and may free the state: the caller must not touch it
+    // afterwards.
+    void finish_task(TriggerResult&& part) noexcept {
+        if (part.invoked != 1 || part.skipped != 0 || part.failed != 0 || part.stopped || !part.failures.empty()) {
+            merged_tasks_.fetch_add(1, std::memory_order_relaxed);
+            merge(std::move(part));
+        }
+        finish(1);
+    }
+    // The walk finished, having made `tasks` tasks (each of which calls
+    // finish_task once). The same contract as finish_task.
+    void finish_submission(std::uint64_t tasks) noexcept {
+        tasks_ = tasks;  // published by the release half of finish()
+        finish(kSubmitting - tasks);
     }
 
     // Adds one task's (or the submission's) counts and failures.
@@ -76,11 +114,12 @@ public:
         if (part.invoked != 0) invoked_.fetch_add(part.invoked, std::memory_order_relaxed);
         if (part.skipped != 0) skipped_.fetch_add(part.skipped, std::memory_order_relaxed);
         if (part.failed == 0 && !part.stopped) return;
-        std::lock_guard<std::mutex> lock(mutex_);
-        result_.failed += part.failed;
-        result_.stopped = result_.stopped || part.stopped;
+        std::lock_guard<std::mutex> lock(watch_->mutex);
+        TriggerResult& r = watch_->result;
+        r.failed += part.failed;
+        r.stopped = r.stopped || part.stopped;
         try {
-            for (Failure& f : part.failures) result_.failures.push_back(std::move(f));
+            for (Failure& f : part.failures) r.failures.push_back(std::move(f));
         } catch (...) {
             // Out of memory: the failure stays counted in `failed`.
         }
@@ -93,27 +132,36 @@ public:
     ErrorPolicy policy() const noexcept { return policy_; }
 
 protected:
-    explicit AsyncStateBase(ErrorPolicy policy) noexcept : policy_(policy) {}
+    // `watch` is a member of the derived class, constructed after this base
+    // (see the layout note above); it is not used before that.
+    AsyncStateBase(ErrorPolicy policy, AsyncWatch& watch) noexcept : policy_(policy), watch_(&watch) {}
     virtual ~AsyncStateBase() = default;
 
 private:
     friend class cbm::AsyncResult;
 
+    static constexpr std::uint64_t kSubmitting = std::uint64_t{1} << 62;  // see the top of the class
+
+    void finish(std::uint64_t n) noexcept {
+        if (pending_.fetch_sub(n, std::memory_order_acq_rel) == n) {
+            complete();
+            release_ref();  // the unfinished work's reference
+        }
+    }
+
     static constexpr std::uint32_t kDone = 1;     // every task has finished
     static constexpr std::uint32_t kWatched = 2;  // a thread waits or a coroutine awaits: completion takes the mutex
 
     void complete() noexcept {
-        result_.invoked = invoked_.load(std::memory_order_relaxed);
-        result_.skipped = skipped_.load(std::memory_order_relaxed);
         if ((flags_.fetch_or(kDone, std::memory_order_acq_rel) & kWatched) == 0) return;  // nobody to tell
         std::vector<std::coroutine_handle<>> awaiting;
         {
             // A waiter checks kDone under the mutex before it sleeps, and an
             // awaiter is listed under it.
-            std::lock_guard<std::mutex> lock(mutex_);
-            awaiting.swap(continuations_);
+            std::lock_guard<std::mutex> lock(watch_->mutex);
+            awaiting.swap(watch_->continuations);
         }
-        cv_.notify_all();
+        watch_->cv.notify_all();
         for (std::coroutine_handle<> h : awaiting) h.resume();
     }
 
@@ -122,49 +170,53 @@ private:
     void wait() {
         if (ready()) return;
         flags_.fetch_or(kWatched, std::memory_order_acq_rel);
-        std::unique_lock<std::mutex> lock(mutex_);
-        cv_.wait(lock, [this] { return ready(); });
+        std::unique_lock<std::mutex> lock(watch_->mutex);
+        watch_->cv.wait(lock, [this] { return ready(); });
     }
     template <class Clock, class Duration>
     bool wait_until(const std::chrono::time_point<Clock, Duration>& time) {
         if (ready()) return true;
         flags_.fetch_or(kWatched, std::memory_order_acq_rel);
-        std::unique_lock<std::mutex> lock(mutex_);
-        return cv_.wait_until(lock, time, [this] { return ready(); });
+        std::unique_lock<std::mutex> lock(watch_->mutex);
+        return watch_->cv.wait_until(lock, time, [this] { return ready(); });
     }
 
     // True when the coroutine was suspended and will be resumed by the
     // completion; false when the result is ready already (do not suspend).
     // Throws: std::bad_alloc (the coroutine is not suspended then).
     bool suspend(std::coroutine_handle<> h) {
-        std::lock_guard<std::mutex> lock(mutex_);
+        std::lock_guard<std::mutex> lock(watch_->mutex);
         if (ready()) return false;
-        continuations_.push_back(h);
+        watch_->continuations.push_back(h);
         // The two read-modify-writes of flags_ are ordered: if the
         // completion's came first, it will not look at the list.
         if ((flags_.fetch_or(kWatched, std::memory_order_acq_rel) & kDone) != 0) {
-            continuations_.pop_back();
+            watch_->continuations.pop_back();
             return false;
         }
         return true;
     }
 
+    // Once ready().
     TriggerResult result() const {
-        std::lock_guard<std::mutex> lock(mutex_);
-        return result_;
+        std::lock_guard<std::mutex> lock(watch_->mutex);
+        TriggerResult r = watch_->result;
+        r.invoked = invoked_.load(std::memory_order_relaxed) +
+                    static_cast<std::size_t>(tasks_ - merged_tasks_.load(std::memory_order_relaxed));
+        r.skipped = skipped_.load(std::memory_order_relaxed);
+        return r;
     }
 
-    std::atomic<std::uint32_t> refs_{1};
-    std::atomic<std::uint32_t> pending_{1};  // the submission's own
-    std::atomic<std::size_t> invoked_{0};
-    std::atomic<std::size_t> skipped_{0};
-    std::atomic<bool> stop_{false};
+    std::atomic<std::uint32_t> refs_{2};  // the first handle's, and the unfinished work's
     std::atomic<std::uint32_t> flags_{0};  // kDone, kWatched
+    std::atomic<std::uint64_t> pending_{kSubmitting};
+    std::atomic<std::size_t> invoked_{0};       // by the walk, and by tasks that merged their counts
+    std::atomic<std::size_t> skipped_{0};
+    std::atomic<std::uint64_t> merged_tasks_{0};  // tasks that added their counts (finish_task)
+    std::uint64_t tasks_ = 0;                     // made by the walk; set before its finish
+    std::atomic<bool> stop_{false};
     const ErrorPolicy policy_;
-    mutable std::mutex mutex_;
-    std::condition_variable cv_;
-    TriggerResult result_;  // under mutex_ (invoked and skipped filled in on completion)
-    std::vector<std::coroutine_handle<>> continuations_;  // under mutex_: coroutines awaiting the result
+    AsyncWatch* const watch_;
 };
 
 }  // namespace detail

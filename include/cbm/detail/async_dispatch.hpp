@@ -4,9 +4,9 @@
 // The walk runs on the caller, inside one read-side section of the group
 // (TriggerScope), in priority order. A callback whose executor is empty or
 // inline runs right there, exactly as in trigger(). Every other one becomes
-// an InvocationTask: a reference to the shared AsyncState (the arguments,
-// copied once, the context, the counts), a reference to the node, and the
-// submission time. Three words, so that a Task holds it inline and the pool
+// an InvocationTask: a share of the AsyncState's pending count (the state
+// holds the arguments, copied once, the context and the counts), a
+// reference to the node, and the submission time. Three words, so that a Task holds it inline and the pool
 // queues it without allocating.
 //
 // On the executor's thread the task does what the trigger loop does for one
@@ -87,15 +87,15 @@ template <class... Args>
 struct AsyncState<void(Args...)> final : AsyncStateBase {
     template <class... A>
     AsyncState(GroupState& g, Context ctx, A&&... a)
-        : AsyncStateBase(g.policy), args(std::forward<A>(a)...), context(std::move(ctx)), group(&g) {
-        group->add_ref();
-    }
-    ~AsyncState() override { group->release_ref(); }
+        : AsyncStateBase(g.policy, watch), args(std::forward<A>(a)...), context(std::move(ctx)), group(&g) {}
 
     std::tuple<std::decay_t<Args>...> args;  // lent to every callback as lvalues
     const Context context;                   // current_context() in every task
     CallbackList* list = nullptr;            // the list walked (see the top of this file)
-    GroupState* const group;                 // counted
+    // Not counted: used only by the walk, whose caller holds the group, and
+    // by tasks, whose node holds it. A result may outlive its group.
+    GroupState* const group;
+    AsyncWatch watch;  // last: see AsyncStateBase's layout note
 
     bool canceled() const noexcept {
         const CancelNode* c = ContextAccess::canceler(context);
@@ -296,10 +296,8 @@ public:
         }
         delete retry;
         if (stops_trigger(outcome)) state.request_stop();
-        state.merge(std::move(part));
         node.release_ref();
-        state.finish_one();  // may complete the result, and resume a coroutine here
-        state.release_ref();
+        state.finish_task(std::move(part));  // may complete the result, resume a coroutine here, and free the state
     }
 
 private:
@@ -396,7 +394,7 @@ private:
         if (!scheduled) AsyncRunner::shared().post(&retry);
     }
 
-    AsyncState<Signature>* state_;  // one reference; null once settled
+    AsyncState<Signature>* state_;  // one share of its pending count; null once settled
     Node<Signature>* node_;         // one reference; null once settled
     std::int64_t queued_at_;        // steady_ns() at submission; 0 when not measured
     RetryWait<Signature>* retry_;   // owned; null before a first failed attempt that retries
@@ -449,9 +447,11 @@ void submit(const AnyExecutor& executor, InvocationTask<Signature>&& task) noexc
 
 // The walk of trigger_async over `list`, in the caller's `scope`, with
 // `state`'s arguments and context. Adds what ran here (inline callbacks,
-// refusals) to `part`.
+// refusals) to `part`, and one to `tasks` for each task it made (even if
+// it throws later).
 template <class Signature>
-void submit_list(TriggerScope& scope, CallbackList& list, AsyncState<Signature>& state, TriggerResult& part) {
+void submit_list(TriggerScope& scope, CallbackList& list, AsyncState<Signature>& state, TriggerResult& part,
+                 std::uint64_t& tasks) {
     NodeArray* array = list.array.load(std::memory_order_acquire);
     if (array == nullptr) return;
     state.list = &list;
@@ -476,8 +476,7 @@ void submit_list(TriggerScope& scope, CallbackList& list, AsyncState<Signature>&
             if ((node.state.load(std::memory_order_relaxed) & kWaiter) != 0) notify_waiters(node);
         } else {
             node.add_ref();
-            state.add_ref();
-            state.add_pending();
+            ++tasks;  // the task calls state.finish_task() once, whatever becomes of it
             submit(executor, InvocationTask<Signature>(&state, &node, node.stats != nullptr ? steady_ns() : 0));
         }
         if (stop) state.request_stop();

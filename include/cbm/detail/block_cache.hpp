@@ -6,15 +6,25 @@
 // that made it, through a lock-free stack, and that thread takes the whole
 // stack back with one exchange when its own blocks run out.
 //
+// Size: a cache owns at most kMaxOwned blocks (out or cached) in the steady
+// state. A burst may make more; as they come back, the excess is freed:
+// by the owner at once, or, for blocks freed elsewhere, when the owner
+// takes the stack back. No step walks a list it does not consume.
+//
 // Lifetime: a cache lives while its thread does or while any of its blocks
-// is out (`refs`: one for the thread, one per block out of the cache); the
-// last to drop a reference frees the cached blocks and the cache.
+// is out; the last to see it go frees the cached blocks and the cache. The
+// owner counts the blocks it has out in a plain word (`out_`), and other
+// threads count their frees down in `refs_`, which starts at kOwnerBias;
+// when the thread exits it subtracts kOwnerBias less `out_`, so `refs_` then
+// holds the blocks still out, and reaches zero exactly once. A block costs
+// its owner no atomic operation, and a remote free two (the push and the
+// count), both on the line its own free touches anyway.
 //
 // Memory ordering: a remote free pushes with a release compare-exchange;
 // the owner takes the stack with an acquire exchange, so it sees the block
 // as the freeing thread left it. The owner alone pops from `local`, and
-// takes `remote` only whole, so the stack has no ABA problem. `refs` is
-// acq_rel: whoever drops the last reference sees every push before it.
+// takes `remote` only whole, so the stack has no ABA problem. `refs_` is
+// acq_rel: whoever brings it to zero sees every push before it.
 //
 // Under AddressSanitizer the cache is off (plain operator new), so that a
 // use after free of a recycled block is still caught.
@@ -38,7 +48,7 @@ namespace cbm::detail {
 class BlockCache {
 public:
     static constexpr std::size_t kBlockBytes = 512;  // including the header
-    static constexpr std::size_t kMaxLocal = 256;    // blocks a thread keeps for reuse at most
+    static constexpr std::size_t kMaxOwned = 256;    // blocks a thread keeps, out or cached, in the steady state
 
     // A block for `n` bytes (aligned for std::max_align_t).
     static void* allocate(std::size_t n) {
@@ -67,6 +77,8 @@ private:
         BlockCache* owner;
         Header* next;
     };
+
+    static constexpr std::uint64_t kOwnerBias = std::uint64_t{1} << 62;  // see the top
 
     BlockCache() = default;
 
@@ -103,58 +115,56 @@ private:
         return cache;
     }
 
-    // On the owner thread: a cached block, else a new one. The block holds
-    // a reference to the cache.
+    // On the owner thread: a cached block, else a new one.
     Header* take() {
-        if (local_ == nullptr) {
-            // Take back what other threads freed, keeping at most kMaxLocal:
-            // a burst of outstanding blocks is not kept for the thread's life.
-            local_ = remote_.exchange(nullptr, std::memory_order_acquire);
-            local_count_ = 0;
-            for (Header* h = local_; h != nullptr; h = h->next) {
-                if (++local_count_ == kMaxLocal) {
-                    free_list(h->next);
-                    h->next = nullptr;
-                    break;
-                }
-            }
-        }
+        if (local_ == nullptr) local_ = remote_.exchange(nullptr, std::memory_order_acquire);
         Header* h = local_;
         if (h != nullptr) {
             local_ = h->next;
-            --local_count_;
+            // After a burst: free what came back beyond the bound.
+            while (owned_ > kMaxOwned && local_ != nullptr) {
+                Header* excess = local_;
+                local_ = excess->next;
+                ::operator delete(excess);
+                --owned_;
+            }
         } else {
             h = static_cast<Header*>(::operator new(kBlockBytes));
             h->owner = this;
+            ++owned_;
         }
-        refs_.fetch_add(1, std::memory_order_relaxed);
+        ++out_;
         return h;
     }
 
     void give_back(Header* h) noexcept {
-        if (slot() == this && local_count_ < kMaxLocal) {
-            h->next = local_;
-            local_ = h;
-            ++local_count_;
-        } else {
-            Header* top = remote_.load(std::memory_order_relaxed);
-            do {
-                h->next = top;
-            } while (!remote_.compare_exchange_weak(top, h, std::memory_order_release, std::memory_order_relaxed));
+        if (slot() == this) {
+            --out_;
+            if (owned_ > kMaxOwned) {
+                ::operator delete(h);
+                --owned_;
+            } else {
+                h->next = local_;
+                local_ = h;
+            }
+            return;
         }
-        release();
+        Header* top = remote_.load(std::memory_order_relaxed);
+        do {
+            h->next = top;
+        } while (!remote_.compare_exchange_weak(top, h, std::memory_order_release, std::memory_order_relaxed));
+        release(1);
     }
-
 
     void thread_exits() noexcept {
         free_list(local_);
         local_ = nullptr;
         free_list(remote_.exchange(nullptr, std::memory_order_acquire));
-        release();
+        release(kOwnerBias - out_);
     }
 
-    void release() noexcept {
-        if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) {
+    void release(std::uint64_t n) noexcept {
+        if (refs_.fetch_sub(n, std::memory_order_acq_rel) == n) {
             free_list(local_);
             free_list(remote_.exchange(nullptr, std::memory_order_acquire));
             delete this;
@@ -169,10 +179,13 @@ private:
         }
     }
 
-    std::atomic<Header*> remote_{nullptr};   // freed by other threads
-    std::atomic<std::size_t> refs_{1};       // the thread + one per block out
-    Header* local_ = nullptr;                // owner only
-    std::size_t local_count_ = 0;            // owner only
+    // Other threads write these two; the owner's words sit on a line of
+    // their own, so that its every allocation does not contend with them.
+    alignas(64) std::atomic<Header*> remote_{nullptr};  // freed by other threads
+    std::atomic<std::uint64_t> refs_{kOwnerBias};       // less one per remote free (see the top)
+    alignas(64) Header* local_ = nullptr;               // owner only
+    std::uint64_t out_ = 0;                     // owner only: taken, less those the owner freed
+    std::size_t owned_ = 0;                     // owner only: blocks made, less those freed
 };
 
 }  // namespace cbm::detail

@@ -156,17 +156,18 @@ public:
         auto* state = new AsyncState<signature>(*state_, std::move(ctx), std::forward<A>(args)...);
         AsyncResult result(state);  // adopts the first reference
         TriggerResult part;
+        std::uint64_t tasks = 0;
         try {
             const ContextScope context_scope(state->context);
             TriggerScope scope(state_, state_->fenced_entry);
-            if (CallbackList* list = find_list()) submit_list(scope, *list, *state, part);
+            if (CallbackList* list = find_list()) submit_list(scope, *list, *state, part, tasks);
         } catch (...) {
             // Only cbm's bookkeeping throws here (out of memory); what was
             // submitted completes, and the result says the walk was cut.
             part.stopped = true;
         }
         state->merge(std::move(part));
-        state->finish_one();  // the walk's own count
+        state->finish_submission(tasks);
         return result;
     }
 
