@@ -136,13 +136,22 @@ private:
         return *std::launder(reinterpret_cast<F* const*>(storage));
     }
 
+    // A void Callback discards what the callable returns, as std::function does.
     template <class F>
     static R invoke_inline(const unsigned char* storage, Args&&... args) {
-        return std::invoke(*inline_object<F>(storage), std::forward<Args>(args)...);
+        if constexpr (std::is_void_v<R>) {
+            static_cast<void>(std::invoke(*inline_object<F>(storage), std::forward<Args>(args)...));
+        } else {
+            return std::invoke(*inline_object<F>(storage), std::forward<Args>(args)...);
+        }
     }
     template <class F>
     static R invoke_heap(const unsigned char* storage, Args&&... args) {
-        return std::invoke(*heap_object<F>(storage), std::forward<Args>(args)...);
+        if constexpr (std::is_void_v<R>) {
+            static_cast<void>(std::invoke(*heap_object<F>(storage), std::forward<Args>(args)...));
+        } else {
+            return std::invoke(*heap_object<F>(storage), std::forward<Args>(args)...);
+        }
     }
     template <class F>
     static void manage_inline(Op op, unsigned char* self, unsigned char* target) noexcept {
@@ -176,6 +185,14 @@ struct CallbackAccess {
     template <class R, class... Args, class... A>
     static R invoke(const Callback<R(Args...)>& f, A&&... args) {
         return f.invoke_nonempty(std::forward<A>(args)...);
+    }
+    // The stored callable, if it is an F (null otherwise).
+    template <class F, class R, class... Args>
+    static F* target(Callback<R(Args...)>& f) noexcept {
+        using C = Callback<R(Args...)>;
+        if (f.manage_ == &C::template manage_inline<F>) return C::template inline_object<F>(f.storage_);
+        if (f.manage_ == &C::template manage_heap<F>) return C::template heap_object<F>(f.storage_);
+        return nullptr;
     }
 };
 }  // namespace detail

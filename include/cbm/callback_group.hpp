@@ -21,6 +21,8 @@
 #include "metrics.hpp"
 #include "observer.hpp"
 #include "registration.hpp"
+#include "self.hpp"
+#include "track.hpp"
 
 namespace cbm {
 
@@ -66,12 +68,21 @@ public:
     // Nothing is registered when it throws.
     // Blocks: never on user code; takes the group's writer lock briefly.
     template <class F>
-        requires std::is_invocable_v<std::decay_t<F>&, Args...>
     Registration add(F&& f, options_type options = {}) {
-        auto pending = core_.prepare(std::forward<F>(f), std::move(options), [] { return std::string(); });
+        auto pending = core_.prepare(detail::adapt_callable<Args...>(std::forward<F>(f)), std::move(options),
+                                     [] { return std::string(); });
         return Registration(core_.commit(std::move(pending), [this](detail::NodeBase* node) {
             list_.insert(node, core_.state().retired);
         }));
+    }
+
+    // Effect: registers the member function `method` called on `object`: a
+    // raw pointer (the object must outlive the registration) or a
+    // std::weak_ptr (tracked: see cbm/track.hpp). As add(f, options)
+    // otherwise.
+    template <class M, class C, class Object>
+    Registration add(M C::*method, Object&& object, options_type options = {}) {
+        return add(detail::bind_member<Args...>(method, std::forward<Object>(object)), std::move(options));
     }
 
     // Effect: runs every registered callback in order (priority, then

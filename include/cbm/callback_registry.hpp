@@ -29,6 +29,8 @@
 #include "metrics.hpp"
 #include "observer.hpp"
 #include "registration.hpp"
+#include "self.hpp"
+#include "track.hpp"
 
 namespace cbm {
 
@@ -74,9 +76,9 @@ public:
     // no key is created.
     // Blocks: never on user code; takes the registry's writer lock briefly.
     template <class F>
-        requires std::is_invocable_v<std::decay_t<F>&, Args...>
     Registration add(const Key& key, F&& f, options_type options = {}) {
-        auto pending = core_.prepare(std::forward<F>(f), std::move(options), [&] { return detail::key_text(key); });
+        auto pending = core_.prepare(detail::adapt_callable<Args...>(std::forward<F>(f)), std::move(options),
+                                     [&] { return detail::key_text(key); });
         const std::size_t h = pending.born_unregistered() ? 0 : table_.hash(key);
         return Registration(core_.commit(std::move(pending), [&](detail::NodeBase* node) {
             bool created = false;
@@ -88,6 +90,14 @@ public:
                 throw;
             }
         }));
+    }
+
+    // Effect: registers the member function `method` called on `object` (a
+    // raw pointer, or a std::weak_ptr that tracks it; see cbm/track.hpp)
+    // under `key`. As add(key, f, options) otherwise.
+    template <class M, class C, class Object>
+    Registration add(const Key& key, M C::*method, Object&& object, options_type options = {}) {
+        return add(key, detail::bind_member<Args...>(method, std::forward<Object>(object)), std::move(options));
     }
 
     // Effect: runs the callbacks registered under `key` (as CallbackGroup::trigger).

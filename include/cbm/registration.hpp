@@ -46,6 +46,8 @@ class CallbackRegistry;
 // may be read (state, unregister, ...) from several threads, but assigning to
 // it while others use it is a data race, as for std::shared_ptr.
 // A Registration may outlive its group or registry.
+class Self;
+
 class Registration {
 public:
     // Effect: an idle handle.
@@ -97,6 +99,7 @@ public:
     // End of public interface. Implementation details follow.
 
 private:
+    friend class Self;
     template <class Signature>
     friend class CallbackGroup;
     template <class Key, class Signature, class Hash, class KeyEqual>

@@ -5,6 +5,7 @@
 #include <memory>
 #include <stdexcept>
 #include <string>
+#include <type_traits>
 #include <utility>
 
 #include "../callback.hpp"
@@ -61,6 +62,12 @@ Node<Signature>* make_node(GroupState& group, F&& f, Options&& options, std::str
             stats->release_ref();
         }
         throw;
+    }
+    // A callable that takes its own handle (cbm::Self) learns its node
+    // here, before any trigger can reach it.
+    using Stored = std::decay_t<F>;
+    if constexpr (requires(Stored& s, NodeBase* n) { s.bind_node(n); }) {
+        CallbackAccess::target<Stored>(node->fn())->bind_node(node);
     }
     node->stats = stats;
     node->resilience = resilience.release();
