@@ -6,6 +6,8 @@
 #include <algorithm>
 #include <atomic>
 #include <functional>
+#include <string_view>
+#include <type_traits>
 #include <latch>
 #include <malloc.h>
 #include <map>
@@ -382,4 +384,23 @@ TEST_CASE("registry callbacks added with .context leave their key when the conte
     Registration late = registry.add(3, [&] { ++runs; }, {.context = ctx});
     REQUIRE(late.state() == cbm::CallbackState::unregistered);
     REQUIRE(registry.key_count() == 1);
+}
+
+TEST_CASE("a registry with std::string keys takes std::string_view and literals for every key, by default",
+          "[registry][keys]") {
+    using Registry = cbm::CallbackRegistry<std::string, void(int)>;
+    STATIC_REQUIRE(std::is_same_v<Registry, cbm::CallbackRegistry<std::string, void(int), cbm::string_hash, std::equal_to<>>>);
+    Registry registry;
+    int total = 0;
+    registry.add("orders", [&](int x) { total += x; });
+    registry.add(std::string("orders"), [&](int x) { total += 10 * x; });
+    const std::string_view key = "orders";
+    CHECK(registry.trigger(key, 1).invoked == 2);
+    CHECK(registry.trigger("orders", 2).invoked == 2);
+    CHECK(total == 33);
+    CHECK(registry.size(key) == 2);
+    CHECK(registry.contains("orders"));
+    CHECK_FALSE(registry.contains(std::string_view("other")));
+    CHECK(registry.erase(key) == 2);
+    CHECK(registry.size("orders") == 0);
 }

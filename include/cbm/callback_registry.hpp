@@ -34,16 +34,32 @@
 
 namespace cbm {
 
-// A transparent hash for string keys: with it and std::equal_to<>,
-// CallbackRegistry<std::string, Sig, cbm::string_hash, std::equal_to<>> looks
-// keys up by std::string_view or string literal without building a
-// std::string per trigger.
+// A transparent hash for string keys: with it and std::equal_to<>, a
+// registry looks keys up by std::string_view or string literal without
+// building a std::string per trigger. It is the default for std::string keys.
 struct string_hash {
     using is_transparent = void;
     std::size_t operator()(std::string_view s) const noexcept { return std::hash<std::string_view>{}(s); }
 };
 
-template <class Key, class Signature, class Hash = std::hash<Key>, class KeyEqual = std::equal_to<Key>>
+namespace detail {
+// The default Hash and KeyEqual of a registry with keys of type Key.
+template <class Key>
+struct default_key_ops {
+    using hash = std::hash<Key>;
+    using equal = std::equal_to<Key>;
+};
+template <>
+struct default_key_ops<std::string> {
+    using hash = string_hash;
+    using equal = std::equal_to<>;
+};
+}  // namespace detail
+
+// CallbackRegistry<std::string, Sig> takes std::string_view and literals
+// wherever it takes a key (trigger, erase, size, contains...).
+template <class Key, class Signature, class Hash = typename detail::default_key_ops<Key>::hash,
+          class KeyEqual = typename detail::default_key_ops<Key>::equal>
 class CallbackRegistry;
 
 // Thread safety: as CallbackGroup, for every member.
@@ -155,15 +171,13 @@ public:
     // Registration::unregister does, also for callbacks of the key removed
     // earlier (unregister_nowait, a context, a once run, another erase) that
     // may still run. Returns how many it unregistered.
-    std::size_t erase(const Key& key) {
-        const std::size_t h = table_.hash(key);
-        return core_.take_and_wait(
-            [&](detail::TakenNodes& taken) -> std::size_t {
-                Entry* entry = table_.find(key, h);
-                return entry != nullptr ? taken.take_all(core_.state(), *entry) : 0;
-            },
-            [&](const detail::NodeBase& node) { return table_.was_in(node, key, h); },
-            detail::AfterTaking::reclaim_soon);
+    std::size_t erase(const Key& key) { return erase_key(key); }
+    // The same, looked up by an equivalent key (std::string_view or a literal
+    // for std::string keys) when Hash and KeyEqual are both transparent.
+    template <class K>
+        requires detail::transparent_lookup<Hash, KeyEqual, K, Key>
+    std::size_t erase(const K& key) {
+        return erase_key(key);
     }
 
     // Effect: erase() for every key. Returns how many callbacks it unregistered.
@@ -174,13 +188,18 @@ public:
     }
 
     // Number of callbacks registered under `key` (0 for an unknown key).
-    std::size_t size(const Key& key) const {
-        const std::size_t h = table_.hash(key);
-        std::lock_guard<std::mutex> lock(core_.state().mutex);
-        const Entry* entry = table_.find(key, h);
-        return entry != nullptr ? entry->count() : 0;
+    std::size_t size(const Key& key) const { return size_of(key); }
+    template <class K>
+        requires detail::transparent_lookup<Hash, KeyEqual, K, Key>
+    std::size_t size(const K& key) const {
+        return size_of(key);
     }
-    bool contains(const Key& key) const { return size(key) != 0; }
+    bool contains(const Key& key) const { return size_of(key) != 0; }
+    template <class K>
+        requires detail::transparent_lookup<Hash, KeyEqual, K, Key>
+    bool contains(const K& key) const {
+        return size_of(key) != 0;
+    }
 
     // Number of keys that have at least one callback (a moment's value).
     std::size_t key_count() const noexcept { return table_.key_count(); }
@@ -224,6 +243,24 @@ public:
     // End of public interface. Implementation details follow.
 
 private:
+    template <class K>
+    std::size_t erase_key(const K& key) {
+        const std::size_t h = table_.hash(key);
+        return core_.take_and_wait(
+            [&](detail::TakenNodes& taken) -> std::size_t {
+                Entry* entry = table_.find(key, h);
+                return entry != nullptr ? taken.take_all(core_.state(), *entry) : 0;
+            },
+            [&](const detail::NodeBase& node) { return table_.was_in(node, key, h); },
+            detail::AfterTaking::reclaim_soon);
+    }
+    template <class K>
+    std::size_t size_of(const K& key) const {
+        const std::size_t h = table_.hash(key);
+        std::lock_guard<std::mutex> lock(core_.state().mutex);
+        const Entry* entry = table_.find(key, h);
+        return entry != nullptr ? entry->count() : 0;
+    }
     using Table = detail::KeyTable<Key, Hash, KeyEqual>;
     using Entry = typename Table::Entry;
 

@@ -323,14 +323,14 @@ bool Context::wait_for(const std::chrono::duration<Rep, Period>& timeout) const 
 
 // Go's WithCancel: a child that is canceled by the returned function or with
 // its parent. Throws: std::bad_alloc (nothing created).
-inline std::pair<Context, CancelFunc> with_cancel(const Context& parent) {
+[[nodiscard]] inline std::pair<Context, CancelFunc> with_cancel(const Context& parent) {
     return detail::ContextAccess::adopt_with<CancelFunc>(
         detail::make_cancelable_node(detail::ContextAccess::node(parent)));
 }
 
 // Go's WithCancelCause: as with_cancel; the function takes the cause that
 // cbm::cause() then reports.
-inline std::pair<Context, CancelCauseFunc> with_cancel_cause(const Context& parent) {
+[[nodiscard]] inline std::pair<Context, CancelCauseFunc> with_cancel_cause(const Context& parent) {
     return detail::ContextAccess::adopt_with<CancelCauseFunc>(
         detail::make_cancelable_node(detail::ContextAccess::node(parent)));
 }
@@ -343,7 +343,7 @@ inline std::pair<Context, CancelCauseFunc> with_cancel_cause(const Context& pare
 // deadline is earlier, the child simply inherits it (no timer of its own).
 // Throws: std::bad_alloc, or std::system_error if the timer thread cannot
 // be started (nothing created).
-inline std::pair<Context, CancelFunc> with_deadline_cause(const Context& parent,
+[[nodiscard]] inline std::pair<Context, CancelFunc> with_deadline_cause(const Context& parent,
                                                           std::chrono::steady_clock::time_point deadline,
                                                           std::exception_ptr cause) {
     return detail::ContextAccess::adopt_with<CancelFunc>(
@@ -351,7 +351,7 @@ inline std::pair<Context, CancelFunc> with_deadline_cause(const Context& parent,
 }
 
 // Go's WithDeadline.
-inline std::pair<Context, CancelFunc> with_deadline(const Context& parent,
+[[nodiscard]] inline std::pair<Context, CancelFunc> with_deadline(const Context& parent,
                                                     std::chrono::steady_clock::time_point deadline) {
     return with_deadline_cause(parent, deadline, nullptr);
 }
@@ -359,7 +359,7 @@ inline std::pair<Context, CancelFunc> with_deadline(const Context& parent,
 // Go's WithTimeoutCause: with_deadline_cause(parent, now + timeout, cause).
 // A zero or negative timeout gives a context that is already expired.
 template <class Rep, class Period>
-std::pair<Context, CancelFunc> with_timeout_cause(const Context& parent,
+[[nodiscard]] std::pair<Context, CancelFunc> with_timeout_cause(const Context& parent,
                                                   const std::chrono::duration<Rep, Period>& timeout,
                                                   std::exception_ptr cause) {
     return with_deadline_cause(parent, detail::deadline_after(timeout), std::move(cause));
@@ -367,7 +367,7 @@ std::pair<Context, CancelFunc> with_timeout_cause(const Context& parent,
 
 // Go's WithTimeout.
 template <class Rep, class Period>
-std::pair<Context, CancelFunc> with_timeout(const Context& parent, const std::chrono::duration<Rep, Period>& timeout) {
+[[nodiscard]] std::pair<Context, CancelFunc> with_timeout(const Context& parent, const std::chrono::duration<Rep, Period>& timeout) {
     return with_timeout_cause(parent, timeout, nullptr);
 }
 
@@ -376,7 +376,7 @@ std::pair<Context, CancelFunc> with_timeout(const Context& parent, const std::ch
 // Throws: what T's constructor throws, or std::bad_alloc.
 template <class T, class V>
     requires std::is_constructible_v<T, V&&>
-Context with_value(const Context& parent, const ContextKey<T>& key, V&& value) {
+[[nodiscard]] Context with_value(const Context& parent, const ContextKey<T>& key, V&& value) {
     auto* n = new detail::ValueNode<T>(&key, std::forward<V>(value));
     detail::ContextNode* p = detail::ContextAccess::node(parent);
     if (p != nullptr) p->add_ref();
@@ -386,7 +386,7 @@ Context with_value(const Context& parent, const ContextKey<T>& key, V&& value) {
 
 // Go's WithoutCancel: keeps the parent's values, but is never canceled, has
 // no deadline, and its done() token has stop_possible() == false.
-inline Context without_cancel(const Context& parent) {
+[[nodiscard]] inline Context without_cancel(const Context& parent) {
     auto* n = new detail::ContextNode();
     n->parent = detail::ContextAccess::node(parent);  // values only: canceler and deadline stay empty
     if (n->parent != nullptr) n->parent->add_ref();
@@ -397,7 +397,7 @@ inline Context without_cancel(const Context& parent) {
 // returned function is called, or with its parent: the bridge from a
 // std::jthread's or any std::stop_source's token into a context tree. If the
 // token is already stopped, the child is born canceled.
-inline std::pair<Context, CancelFunc> with_stop_token(const Context& parent, std::stop_token token) {
+[[nodiscard]] inline std::pair<Context, CancelFunc> with_stop_token(const Context& parent, std::stop_token token) {
     auto* node = detail::make_cancelable_node<detail::StopTokenNode>(detail::ContextAccess::node(parent));
     auto handles = detail::ContextAccess::adopt_with<CancelFunc>(node);
     if (token.stop_possible()) node->on_stop.emplace(std::move(token), detail::StopTokenNode::OnStop{node});

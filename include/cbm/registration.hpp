@@ -117,7 +117,10 @@ private:
 class ScopedRegistration {
 public:
     ScopedRegistration() noexcept = default;
-    ScopedRegistration(Registration r) noexcept : registration_(std::move(r)) {}  // NOLINT: implicit by design
+    // [[nodiscard]]: `cbm::ScopedRegistration(g.add(f));` would unregister at
+    // once; name the variable.
+    [[nodiscard]] ScopedRegistration(Registration r) noexcept  // NOLINT: implicit by design
+        : registration_(std::move(r)) {}
     ScopedRegistration(ScopedRegistration&&) noexcept = default;
     ScopedRegistration& operator=(ScopedRegistration&& other) noexcept {
         if (this != &other) {

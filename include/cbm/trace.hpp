@@ -26,7 +26,7 @@ inline const ContextKey<std::string>& trace_id_key() noexcept {
 }
 
 // A child of `parent` carrying `id` (Go: context.WithValue(parent, traceKey, id)).
-inline Context with_trace_id(const Context& parent, std::string id) {
+[[nodiscard]] inline Context with_trace_id(const Context& parent, std::string id) {
     return with_value(parent, trace_id_key(), std::move(id));
 }
 
