@@ -798,3 +798,21 @@ TEST_CASE("two coroutines awaiting one AsyncResult are both resumed when it is r
     CHECK(second->invoked == 1);
 }
 
+
+TEST_CASE("a queued invocation of a blocked callback is skipped and counted as blocked", "[async][block]") {
+    cbm::ThreadPool pool({.min_threads = 1, .max_threads = 1});
+    cbm::CallbackGroup<void(int)> group({.executor = pool.executor()});
+    std::atomic<int> calls{0};
+    const cbm::Registration r = group.add([&](int) { calls.fetch_add(1); });
+    const cbm::Registration retried = group.add([&](int) { calls.fetch_add(1); }, {.retry = {.attempts = 3}});
+    {
+        const cbm::Blocker a = r.block();
+        const cbm::Blocker b = retried.block();
+        const cbm::TriggerResult res = group.trigger_async(1).get();
+        CHECK(res.invoked == 0);
+        CHECK(res.skipped == 2);
+        CHECK(res.blocked == 2);
+    }
+    CHECK(group.trigger_async(2).get().invoked == 2);
+    CHECK(calls.load() == 2);
+}

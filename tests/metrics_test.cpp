@@ -130,6 +130,7 @@ TEST_CASE("to_prometheus renders the text format line by line, escaping label va
     m.skipped_filtered = 3;
     m.skipped_canceled = 1;
     m.skipped_circuit_open = 4;
+    m.skipped_blocked = 8;
     m.timed_out = 5;
     m.retries = 6;
     m.circuit_open = true;
@@ -149,6 +150,7 @@ TEST_CASE("to_prometheus renders the text format line by line, escaping label va
         "cbm_callback_skips_total" + labels + R"(,reason="filtered"} 3)",
         "cbm_callback_skips_total" + labels + R"(,reason="canceled"} 1)",
         "cbm_callback_skips_total" + labels + R"(,reason="circuit_open"} 4)",
+        "cbm_callback_skips_total" + labels + R"(,reason="blocked"} 8)",
         "# HELP cbm_callback_timeouts_total Callback attempts that overran their timeout.",
         "# TYPE cbm_callback_timeouts_total counter",
         "cbm_callback_timeouts_total" + labels + "} 5",

@@ -7,6 +7,7 @@
 #include <atomic>
 #include <latch>
 #include <memory>
+#include <optional>
 #include <thread>
 #include <type_traits>
 #include <vector>
@@ -140,4 +141,104 @@ TEST_CASE("a scoped registration moved elsewhere unregisters once, at its final 
     REQUIRE(observer.state() == CallbackState::registered);
     owners.clear();
     REQUIRE(observer.state() == CallbackState::unregistered);
+}
+
+TEST_CASE("a blocked callback is skipped and counted as blocked until its last Blocker goes", "[registration][block]") {
+    CallbackGroup<void()> group({.metrics = true});
+    int calls = 0;
+    const Registration r = group.add([&] { ++calls; }, {.name = "audit"});
+    group.add([] {});
+    {
+        const cbm::Blocker first = r.block();
+        cbm::Blocker second = r.block();
+        CHECK(first.blocking());
+        const cbm::TriggerResult res = group.trigger();
+        CHECK(res.invoked == 1);
+        CHECK(res.skipped == 1);
+        CHECK(res.blocked == 1);
+        CHECK(res.ok());
+        second.unblock();
+        CHECK_FALSE(second.blocking());
+        CHECK(group.trigger().blocked == 1);  // `first` still blocks it
+        CHECK(calls == 0);
+        CHECK(r.state() == CallbackState::registered);
+    }
+    CHECK(group.trigger().blocked == 0);
+    CHECK(calls == 1);
+    const auto m = group.metrics();
+    REQUIRE(m.callbacks.size() == 2);
+    for (const auto& c : m.callbacks) {
+        if (c.name == "audit") CHECK(c.skipped_blocked == 2);
+    }
+}
+
+TEST_CASE("a moved Blocker keeps blocking, and an idle handle's Blocker blocks nothing", "[registration][block]") {
+    CallbackGroup<void()> group;
+    int calls = 0;
+    const Registration r = group.add([&] { ++calls; });
+    cbm::Blocker moved;
+    {
+        cbm::Blocker b = r.block();
+        moved = std::move(b);
+    }
+    group.trigger();
+    CHECK(calls == 0);
+    moved = cbm::Blocker();  // assigning over a Blocker ends its block
+    group.trigger();
+    CHECK(calls == 1);
+    const Registration idle;
+    CHECK_FALSE(idle.block().blocking());
+}
+
+TEST_CASE("a blocked once callback is not claimed: it runs once after it is unblocked", "[registration][block]") {
+    CallbackGroup<void()> group;
+    int calls = 0;
+    const Registration r = group.add([&] { ++calls; }, {.once = true});
+    {
+        const cbm::Blocker b = r.block();
+        group.trigger();
+        CHECK(r.state() == CallbackState::registered);
+    }
+    group.trigger();
+    group.trigger();
+    CHECK(calls == 1);
+}
+
+TEST_CASE("Blockers made and dropped on many threads never unblock a callback that another Blocker holds",
+          "[registration][block][race]") {
+    const cbm_test::Watchdog watchdog("blocker race");
+    for (int round = 0; round < 50; ++round) {
+        CallbackGroup<void()> group;
+        std::atomic<int> calls{0};
+        const Registration r = group.add([&] { calls.fetch_add(1); });
+        std::optional<cbm::Blocker> held(r.block());  // alive throughout: the callback must never run
+        std::atomic<bool> stop{false};
+        std::latch start(5);
+        std::vector<std::jthread> threads;
+        for (int i = 0; i < 3; ++i) {
+            threads.emplace_back([&] {
+                start.arrive_and_wait();
+                for (int k = 0; k < 300; ++k) {
+                    const cbm::Blocker b = r.block();
+                    cbm::Blocker c = r.block();
+                    c.unblock();
+                }
+            });
+        }
+        for (int i = 0; i < 2; ++i) {
+            threads.emplace_back([&] {
+                start.arrive_and_wait();
+                while (!stop.load()) group.trigger();
+            });
+        }
+        threads[0].join();
+        threads[1].join();
+        threads[2].join();
+        stop.store(true);
+        threads.clear();
+        CHECK(calls.load() == 0);
+        held.reset();
+        group.trigger();
+        CHECK(calls.load() == 1);
+    }
 }

@@ -113,6 +113,7 @@ public:
     void merge(TriggerResult&& part) noexcept {
         if (part.invoked != 0) invoked_.fetch_add(part.invoked, std::memory_order_relaxed);
         if (part.skipped != 0) skipped_.fetch_add(part.skipped, std::memory_order_relaxed);
+        if (part.blocked != 0) blocked_.fetch_add(part.blocked, std::memory_order_relaxed);
         if (part.failed == 0 && !part.stopped) return;
         std::lock_guard<std::mutex> lock(watch_->mutex);
         TriggerResult& r = watch_->result;
@@ -204,6 +205,7 @@ private:
         r.invoked = invoked_.load(std::memory_order_relaxed) +
                     static_cast<std::size_t>(tasks_ - merged_tasks_.load(std::memory_order_relaxed));
         r.skipped = skipped_.load(std::memory_order_relaxed);
+        r.blocked = blocked_.load(std::memory_order_relaxed);
         return r;
     }
 
@@ -212,6 +214,7 @@ private:
     std::atomic<std::uint64_t> pending_{kSubmitting};
     std::atomic<std::size_t> invoked_{0};       // by the walk, and by tasks that merged their counts
     std::atomic<std::size_t> skipped_{0};
+    std::atomic<std::size_t> blocked_{0};
     std::atomic<std::uint64_t> merged_tasks_{0};  // tasks that added their counts (finish_task)
     std::uint64_t tasks_ = 0;                     // made by the walk; set before its finish
     std::atomic<bool> stop_{false};

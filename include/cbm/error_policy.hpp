@@ -37,7 +37,8 @@ using ErrorHandler = std::function<void(const Failure&)>;
 struct TriggerResult {
     std::size_t invoked = 0;  // callback bodies that ran, including those that threw
     std::size_t failed = 0;   // callbacks or filters that threw
-    std::size_t skipped = 0;  // filtered out, or not reached (stop policy, stop token, context)
+    std::size_t skipped = 0;  // filtered out, blocked, or not reached (stop policy, stop token, context)
+    std::size_t blocked = 0;  // of `skipped`: blocked by a cbm::Blocker (Registration::block())
     bool stopped = false;     // cut short by ErrorPolicy::stop, a stop token or a context
     std::vector<Failure> failures;  // one entry per failure, in call order
 

@@ -52,6 +52,7 @@ struct CallbackMetrics {
     // retry backoff (unregister() does not wait for a backoff).
     std::uint64_t failed = 0;
     std::uint64_t skipped_filtered = 0;  // its filter returned false
+    std::uint64_t skipped_blocked = 0;   // a cbm::Blocker (Registration::block()) blocked it
     std::uint64_t skipped_canceled = 0;  // not reached: the trigger's context or stop token ended it first
     std::uint64_t skipped_circuit_open = 0;  // skipped while its circuit breaker was open
     std::uint64_t timed_out = 0;         // attempts that overran CallbackOptions::timeout (a breakdown)
@@ -103,6 +104,7 @@ struct MetricsSnapshot {
             total->skipped_filtered += m.skipped_filtered;
             total->skipped_canceled += m.skipped_canceled;
             total->skipped_circuit_open += m.skipped_circuit_open;
+            total->skipped_blocked += m.skipped_blocked;
             total->timed_out += m.timed_out;
             total->retries += m.retries;
             total->slow += m.slow;

@@ -91,6 +91,7 @@ inline std::string to_prometheus(const MetricsSnapshot& snapshot, std::string_vi
         sample("_skips_total", detail::label_set(labels_of(m), "reason", "canceled"), std::to_string(m.skipped_canceled));
         sample("_skips_total", detail::label_set(labels_of(m), "reason", "circuit_open"),
                std::to_string(m.skipped_circuit_open));
+        sample("_skips_total", detail::label_set(labels_of(m), "reason", "blocked"), std::to_string(m.skipped_blocked));
     }
     counter("_timeouts_total", "Callback attempts that overran their timeout.",
             [](const CallbackMetrics& m) { return m.timed_out; });

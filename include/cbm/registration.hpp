@@ -48,6 +48,55 @@ class CallbackRegistry;
 // A Registration may outlive its group or registry.
 class Self;
 
+// A scoped block of one callback, from Registration::block(): while any
+// Blocker of a callback is alive, triggers skip it (counted as skipped, and
+// in metrics as skips with reason "blocked"); the last one to go unblocks
+// it. Blocking does not wait: an invocation that began before block()
+// returned may still be running. A trigger that starts after block()
+// returned (as seen through any synchronization) does not run it.
+// Move-only. Thread safety: Blockers of one callback may be made and
+// destroyed on any threads at once; one Blocker object is not for
+// concurrent use.
+class Blocker {
+public:
+    // Effect: blocks nothing.
+    Blocker() noexcept = default;
+    Blocker(Blocker&& other) noexcept = default;
+    Blocker& operator=(Blocker&& other) noexcept {
+        if (this != &other) {
+            unblock();
+            node_ = std::move(other.node_);
+        }
+        return *this;
+    }
+    Blocker(const Blocker&) = delete;
+    Blocker& operator=(const Blocker&) = delete;
+    ~Blocker() { unblock(); }
+
+    // Effect: ends this block now (later calls do nothing). The callback
+    // runs again once no other Blocker of it is alive.
+    // Blocks: takes the group's writer lock briefly.
+    void unblock() noexcept {
+        if (node_) {
+            node_->remove_blocker();
+            node_ = Ref();
+        }
+    }
+
+    // True while this Blocker blocks a callback.
+    bool blocking() const noexcept { return static_cast<bool>(node_); }
+
+    // ------------------------------------------------------------------
+    // End of public interface. Implementation details follow.
+
+private:
+    friend class Registration;
+    using Ref = detail::IntrusiveRef<detail::NodeBase, detail::MemberRefOps>;
+    explicit Blocker(Ref node) : node_(std::move(node)) { node_->add_blocker(); }
+
+    Ref node_;
+};
+
 class Registration {
 public:
     // Effect: an idle handle.
@@ -83,6 +132,14 @@ public:
     // destroyed once they have finished and no trigger can reach it.
     // Never blocks on user code (it takes the group's writer lock briefly).
     bool unregister_nowait() { return node_ && detail::unregister_node(*node_, false); }
+
+    // Effect: blocks the callback until the returned Blocker (and every
+    // other Blocker of it) is gone; see Blocker. An idle handle gives a
+    // Blocker that blocks nothing. [[nodiscard]]: a dropped Blocker unblocks
+    // at once.
+    // Throws: std::system_error if the group's lock cannot be taken.
+    // Blocks: takes the group's writer lock briefly.
+    [[nodiscard]] Blocker block() const { return node_ ? Blocker(node_) : Blocker(); }
 
     // The name given in CallbackOptions (empty for an idle handle).
     const std::string& name() const noexcept {
@@ -134,6 +191,7 @@ public:
     ~ScopedRegistration() { reset(); }
 
     CallbackState state() const { return registration_.state(); }
+    [[nodiscard]] Blocker block() const { return registration_.block(); }
     bool unregister() { return registration_.unregister(); }
     bool unregister_nowait() { return registration_.unregister_nowait(); }
     const std::string& name() const noexcept { return registration_.name(); }

@@ -316,6 +316,10 @@ private:
         std::uint32_t attempts = 1;
         if (retry == nullptr) {
             const PipelineContext p{group, *state.list, part, scope.thread_index(), false};
+            if (skips_blocked(node, p)) {
+                ++part.skipped;
+                return Outcome::skipped;
+            }
             Outcome filtered = Outcome::skipped;
             const bool selected =
                 std::apply([&](auto&... a) { return passes_filter(node, p, filtered, a...); }, state.args);

@@ -65,6 +65,7 @@ struct CallbackStats {
 
     ShardedCounter invoked;                          // started (filter passed), including those that threw
     ShardedCounter skipped_filtered;                 // the filter said no
+    ShardedCounter skipped_blocked;                  // a cbm::Blocker blocked it
     std::atomic<std::uint64_t> failed{0};            // reported failures: threw, overran, or the filter threw
     std::atomic<std::uint64_t> skipped_canceled{0};  // not reached: the trigger's context or token stopped it
     std::atomic<std::uint64_t> skipped_circuit_open{0};

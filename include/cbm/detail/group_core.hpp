@@ -273,6 +273,7 @@ private:
         m.invoked = s.invoked.read();
         m.failed = s.failed.load(std::memory_order_relaxed);
         m.skipped_filtered = s.skipped_filtered.read();
+        m.skipped_blocked = s.skipped_blocked.read();
         m.skipped_canceled = s.skipped_canceled.load(std::memory_order_relaxed);
         m.skipped_circuit_open = s.skipped_circuit_open.load(std::memory_order_relaxed);
         m.timed_out = s.timed_out.load(std::memory_order_relaxed);

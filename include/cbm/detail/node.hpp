@@ -18,6 +18,7 @@
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
+#include <mutex>
 #include <string>
 
 #include "../executor.hpp"
@@ -34,6 +35,10 @@ inline constexpr std::uint32_t kOnce = 8u;        // immutable: the node runs at
 inline constexpr std::uint32_t kMeasured = 16u;   // immutable: the node has CallbackStats
 inline constexpr std::uint32_t kResilient = 32u;  // immutable: the node has a Resilience block
 inline constexpr std::uint32_t kTimed = 64u;      // immutable: every invocation is timed (exact latency)
+// Set while at least one cbm::Blocker blocks the node (NodeBase::blockers,
+// under the group's mutex, decides; the bit tells triggers). Any set bit
+// sends a trigger off the plain path, so blocking costs it nothing else.
+inline constexpr std::uint32_t kBlocked = 128u;
 
 struct NodeBase;
 struct CallbackList;
@@ -92,6 +97,7 @@ struct NodeBase {
     // Set once, after publication (ContextBinding::attach); taken by whoever
     // sees both it and target_destroyed (seq_cst on both sides).
     std::atomic<TargetCompanion*> companion{nullptr};
+    std::uint32_t blockers = 0;  // under the group mutex: live cbm::Blockers of this node
 
     NodeBase() noexcept {
         retire_hook.node = this;
@@ -101,6 +107,20 @@ struct NodeBase {
     NodeBase& operator=(const NodeBase&) = delete;
 
     bool is_once() const noexcept { return (state.load(std::memory_order_relaxed) & kOnce) != 0; }
+    bool blocked() const noexcept { return (state.load(std::memory_order_acquire) & kBlocked) != 0; }
+
+    // One more (or one fewer) blocker; the first sets kBlocked and the last
+    // clears it, under the group's mutex so that the two cannot interleave.
+    // Release: a trigger that acquires the state and sees the bit sees the
+    // block as the blocking thread left it.
+    void add_blocker() {
+        std::lock_guard<std::mutex> lock(group->mutex);
+        if (blockers++ == 0) state.fetch_or(kBlocked, std::memory_order_release);
+    }
+    void remove_blocker() noexcept {
+        std::lock_guard<std::mutex> lock(group->mutex);
+        if (--blockers == 0) state.fetch_and(~kBlocked, std::memory_order_release);
+    }
     bool unregistered() const noexcept { return (state.load(std::memory_order_acquire) & kUnregistered) != 0; }
 
     void add_ref() noexcept { refs.fetch_add(1, std::memory_order_relaxed); }

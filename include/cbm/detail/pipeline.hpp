@@ -46,6 +46,15 @@ struct PipelineContext {
 
 // Step 1, the filter. Returns whether the callback runs; a filter that
 // throws is a failure (in_filter) and sets `outcome`.
+// True (and counted) when a cbm::Blocker blocks the node: it is skipped
+// before its filter, and a blocked `once` callback is not claimed.
+inline bool skips_blocked(const NodeBase& node, const PipelineContext& p) noexcept {
+    if ((node.state.load(std::memory_order_acquire) & kBlocked) == 0) return false;
+    if (node.stats != nullptr) node.stats->skipped_blocked.add_from(p.thread_index);
+    ++p.result.blocked;
+    return true;
+}
+
 template <class Signature, class... A>
 bool passes_filter(const Node<Signature>& node, const PipelineContext& p, Outcome& outcome, A&... args) {
     if ((node.state.load(std::memory_order_relaxed) & kFiltered) == 0) return true;
@@ -98,6 +107,7 @@ std::exception_ptr dispatch(const Node<Signature>& node, const PipelineContext& 
 template <class Signature, class... A>
 Outcome run_pipeline(Node<Signature>& node, const PipelineContext& p, A&... args) {
     Outcome outcome = Outcome::skipped;
+    if (skips_blocked(node, p)) return Outcome::skipped;
     if (!passes_filter(node, p, outcome, args...)) return outcome;
     if (!claims_once(node)) return Outcome::skipped;  // another thread claimed it
     const bool once = node.is_once();
