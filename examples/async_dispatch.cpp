@@ -20,13 +20,11 @@ int main() {
                           .overflow = cbm::Overflow::block, .idle_timeout = 30s});
     cbm::CallbackGroup<void(const Order&)> orders({.metrics = true, .executor = pool.executor()});
     orders.set_dead_letter_handler([](const cbm::DeadLetter& d) {
-        std::printf("dead letter: %.*s after %u attempts\n", static_cast<int>(d.name.size()), d.name.data(),
-                    d.attempts);
+        std::printf("dead letter: %s after %u attempts: %s\n", d.name.c_str(), d.attempts, d.what().c_str());
     });
 
     orders.add([](const Order& o) {  // on a pool thread, under the caller's context
-        std::printf("[%.*s] billing %s: %.2f\n", static_cast<int>(cbm::trace_id().size()), cbm::trace_id().data(),
-                    o.id.c_str(), o.total);
+        std::printf("[%s] billing %s: %.2f\n", cbm::trace_id().c_str(), o.id.c_str(), o.total);
     }, {.name = "billing"});
     orders.add([](const Order& o) { std::printf("audit %s on the caller\n", o.id.c_str()); },
                {.name = "audit", .executor = cbm::inline_executor()});

@@ -12,17 +12,12 @@ using namespace std::chrono_literals;
 int main() {
     cbm::CallbackRegistry<std::string, void(int)> events(cbm::GroupOptions{.metrics = true});
     events.set_dead_letter_handler([](const cbm::DeadLetter& d) {
-        try {
-            std::rethrow_exception(d.error);
-        } catch (const std::exception& e) {
-            std::printf("dead letter: %.*s/%.*s failed after %u attempts: %s\n", static_cast<int>(d.key.size()),
-                        d.key.data(), static_cast<int>(d.name.size()), d.name.data(), d.attempts, e.what());
-        }
+        std::printf("dead letter: %s/%s failed after %u attempts: %s\n", d.key.c_str(), d.name.c_str(), d.attempts,
+                    d.what().c_str());
     });
 
     events.set_circuit_change_handler([](const cbm::CircuitChange& c) {
-        std::printf("circuit of %.*s/%.*s is now %s\n", static_cast<int>(c.key.size()), c.key.data(),
-                    static_cast<int>(c.name.size()), c.name.data(), cbm::to_string(c.state));  // alert here
+        std::printf("circuit of %s/%s is now %s\n", c.key.c_str(), c.name.c_str(), cbm::to_string(c.state));  // alert here
     });
 
     int calls = 0;

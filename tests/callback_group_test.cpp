@@ -822,3 +822,28 @@ TEST_CASE("ok() means everything ran and nothing failed: a trigger cut short by 
     REQUIRE(skipped.ok());
     REQUIRE(filtered.trigger(1).ok());
 }
+
+TEST_CASE("Failure::what and cbm::describe give the message of any exception, nested ones included",
+          "[group][errors]") {
+    CHECK(cbm::describe(nullptr).empty());
+    CHECK(cbm::describe(std::make_exception_ptr(std::runtime_error("boom"))) == "boom");
+    CHECK(cbm::describe(std::make_exception_ptr(42)) == "unknown exception");
+    std::exception_ptr nested;
+    try {
+        try {
+            throw std::runtime_error("socket closed");
+        } catch (...) {
+            std::throw_with_nested(std::runtime_error("charge failed"));
+        }
+    } catch (...) {
+        nested = std::current_exception();
+    }
+    CHECK(cbm::describe(nested) == "charge failed: socket closed");
+
+    CallbackGroup<void()> group;
+    group.add([] { throw std::invalid_argument("bad order"); }, {.name = "billing"});
+    const cbm::TriggerResult r = group.trigger();
+    REQUIRE(r.failures.size() == 1);
+    CHECK(r.failures.front().what() == "bad order");
+    CHECK(r.failures.front().name == "billing");
+}

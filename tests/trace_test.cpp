@@ -5,10 +5,12 @@
 
 #include <catch2/catch.hpp>
 
+#include <cstdio>
 #include <atomic>
 #include <mutex>
 #include <string>
 #include <thread>
+#include <type_traits>
 #include <vector>
 
 #include "test_support.hpp"
@@ -75,4 +77,13 @@ TEST_CASE("an after_func's function runs under its context, so it sees the trace
     REQUIRE(cbm_test::eventually([&] { return ran.load(); }));
     std::lock_guard<std::mutex> lock(mutex);
     REQUIRE(seen == "cleanup-of-req-7");
+}
+
+TEST_CASE("trace_id returns a std::string that prints as it is, empty without an id", "[trace]") {
+    STATIC_REQUIRE(std::is_same_v<decltype(cbm::trace_id()), const std::string&>);
+    CHECK(cbm::trace_id().empty());
+    const cbm::Context ctx = cbm::with_trace_id(cbm::Context::background(), "req-7");
+    char line[32];
+    std::snprintf(line, sizeof line, "[%s]", cbm::trace_id(ctx).c_str());
+    CHECK(std::string(line) == "[req-7]");
 }

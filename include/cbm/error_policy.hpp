@@ -21,11 +21,44 @@ enum class ErrorPolicy {
     rethrow,  // run all callbacks, then rethrow the first exception from trigger()
 };
 
+// The message of `error`: what() of a std::exception (or of one nested in
+// it, innermost last, joined by ": "), "unknown exception" for anything
+// else thrown (`throw 42`), and "" for no exception. Never throws on the
+// error's account: a what() that throws gives "unknown exception".
+inline std::string describe(const std::exception_ptr& error) {
+    if (!error) return std::string();
+    std::string text;
+    std::exception_ptr current = error;
+    while (current) {
+        std::exception_ptr next;
+        try {
+            std::rethrow_exception(current);
+        } catch (const std::exception& e) {
+            if (!text.empty()) text += ": ";
+            try {
+                text += e.what();
+                std::rethrow_if_nested(e);
+            } catch (...) {
+                next = std::current_exception();
+            }
+        } catch (...) {
+            if (!text.empty()) text += ": ";
+            text += "unknown exception";
+        }
+        if (next == current) break;
+        current = next;
+    }
+    return text;
+}
+
 // One exception caught by trigger().
 struct Failure {
     std::string name;          // the callback's CallbackOptions::name (may be empty)
     std::exception_ptr error;  // what it threw (any type: also `throw 42`)
     bool in_filter = false;    // true when the filter threw, not the callback
+
+    // The message of `error` (see describe()).
+    std::string what() const { return describe(error); }
 };
 
 // Called once per Failure, on the triggering thread, with no cbm lock held.
@@ -52,10 +85,13 @@ struct TriggerResult {
 
 // A callback invocation that failed for good.
 struct DeadLetter {
-    std::string_view key;   // the registry key as text ("" for a group)
-    std::string_view name;  // CallbackOptions::name
+    std::string key;   // the registry key as text ("" for a group)
+    std::string name;  // CallbackOptions::name
     std::exception_ptr error;
-    std::uint32_t attempts;
+    std::uint32_t attempts = 0;
+
+    // The message of `error` (see describe()).
+    std::string what() const { return describe(error); }
 };
 using DeadLetterHandler = std::function<void(const DeadLetter&)>;
 
@@ -81,8 +117,8 @@ inline const char* to_string(CircuitState s) noexcept {
 // by different threads may reach the handler out of order; each reports
 // the state it entered.
 struct CircuitChange {
-    std::string_view key;   // the registry key as text ("" for a group)
-    std::string_view name;  // CallbackOptions::name
+    std::string key;     // the registry key as text ("" for a group)
+    std::string name;    // CallbackOptions::name
     CircuitState state;     // the state entered
 };
 using CircuitChangeHandler = std::function<void(const CircuitChange&)>;

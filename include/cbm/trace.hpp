@@ -31,11 +31,14 @@ inline const ContextKey<std::string>& trace_id_key() noexcept {
 }
 
 // The nearest trace id on `ctx`'s chain (by default the thread's current
-// context), or "" if none. The view is valid while `ctx` (or the trigger
-// that set the current context) is.
-inline std::string_view trace_id(const Context& ctx = current_context()) noexcept {
+// context), or "" if none: a std::string, so that it prints as it is
+// (`printf("%s", cbm::trace_id().c_str())`, `std::cout << cbm::trace_id()`).
+// The reference is valid while `ctx` (or the trigger that set the current
+// context) is; copy it to keep it longer.
+inline const std::string& trace_id(const Context& ctx = current_context()) noexcept {
+    static const std::string none;
     const std::string* id = ctx.value(trace_id_key());
-    return id != nullptr ? std::string_view(*id) : std::string_view();
+    return id != nullptr ? *id : none;
 }
 
 }  // namespace cbm

@@ -48,8 +48,7 @@ struct KeyOf {
     if (!in_filter) {
         try {
             if (auto letters = group.dead_letter_handler(); letters && *letters) {
-                const std::string key_text = key.get();
-                (*letters)(DeadLetter{key_text, node.name, error, attempts});
+                (*letters)(DeadLetter{key.get(), node.name, error, attempts});
             }
         } catch (...) {
             // Likewise: a throwing dead-letter handler stops nothing.

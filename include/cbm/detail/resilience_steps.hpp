@@ -81,8 +81,7 @@ inline std::optional<CircuitState> record_outcome(Resilience& r, ResilienceClock
 inline void report_circuit_change(GroupState& group, KeyOf key, const NodeBase& node, CircuitState entered) noexcept {
     try {
         if (auto handler = group.circuit_change_handler(); handler && *handler) {
-            const std::string key_text = key.get();
-            (*handler)(CircuitChange{key_text, node.name, entered});
+            (*handler)(CircuitChange{key.get(), node.name, entered});
         }
     } catch (...) {
         // As for the other handlers: reporting never stops a trigger.
