@@ -8,6 +8,9 @@
 #include <catch2/catch.hpp>
 
 #include <atomic>
+#include <chrono>
+#include <stdexcept>
+#include <system_error>
 #include <latch>
 #include <string>
 #include <thread>
@@ -147,4 +150,44 @@ TEST_CASE("an empty callable that would take Self is refused, and nothing is reg
     void (*none)(Self&, int) = nullptr;
     CHECK_THROWS_AS(group.add(none), std::invalid_argument);
     CHECK(group.size() == 0);
+}
+
+TEST_CASE("a callback that returns a non-zero std::error_code fails as if it had thrown", "[self][errors]") {
+    CallbackGroup<void(int)> group({.metrics = true});
+    std::vector<std::string> handled;
+    std::vector<std::string> letters;
+    group.set_error_handler([&](const cbm::Failure& f) { handled.push_back(f.name + ": " + f.what()); });
+    group.set_dead_letter_handler([&](const cbm::DeadLetter& d) { letters.push_back(d.name); });
+    group.add([](int x) { return x < 0 ? std::make_error_code(std::errc::invalid_argument) : std::error_code(); },
+              {.name = "validate"});
+    int attempts = 0;
+    group.add(
+        [&](Self&, int) {
+            ++attempts;
+            return attempts < 3 ? std::make_error_code(std::errc::resource_unavailable_try_again) : std::error_code();
+        },
+        {.name = "flaky", .retry = {.attempts = 3, .initial_backoff = std::chrono::nanoseconds(1), .jitter = 0.0}});
+
+    const cbm::TriggerResult fine = group.trigger(1);  // validate passes; flaky succeeds on its third attempt
+    CHECK(fine.ok());
+    CHECK(attempts == 3);
+
+    const cbm::TriggerResult bad = group.trigger(-1);
+    CHECK(bad.failed == 1);
+    REQUIRE(bad.failures.size() == 1);
+    CHECK(bad.failures.front().code() == std::errc::invalid_argument);
+    CHECK(handled == std::vector<std::string>{"validate: " + std::make_error_code(std::errc::invalid_argument).message()});
+    CHECK(letters == std::vector<std::string>{"validate"});
+    for (const auto& m : group.metrics().callbacks) {
+        if (m.name == "validate") CHECK(m.failed == 1);
+        if (m.name == "flaky") CHECK(m.retries == 2);
+    }
+}
+
+TEST_CASE("Failure::code is empty for an error that is not a std::system_error", "[self][errors]") {
+    CallbackGroup<void()> group;
+    group.add([] { throw std::runtime_error("plain"); });
+    const cbm::TriggerResult r = group.trigger();
+    REQUIRE(r.failures.size() == 1);
+    CHECK_FALSE(r.failures.front().code());
 }

@@ -10,6 +10,7 @@
 #include <functional>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <vector>
 
 namespace cbm {
@@ -59,6 +60,17 @@ struct Failure {
 
     // The message of `error` (see describe()).
     std::string what() const { return describe(error); }
+    // The code of a std::system_error (which is what a callback's returned
+    // std::error_code becomes); an empty code for any other error.
+    std::error_code code() const noexcept {
+        try {
+            if (error) std::rethrow_exception(error);
+        } catch (const std::system_error& e) {
+            return e.code();
+        } catch (...) {
+        }
+        return std::error_code();
+    }
 };
 
 // Called once per Failure, on the triggering thread, with no cbm lock held.

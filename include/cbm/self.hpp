@@ -8,13 +8,19 @@
 //
 // A callable whose first parameter is `cbm::Self&` (or `const cbm::Self&`)
 // and whose other parameters match the group's receives it; every other
-// callable is called with the group's arguments alone. The handle costs the
+// callable is called with the group's arguments alone.
+//
+// Either kind may report failure without throwing by returning a
+// std::error_code: a non-zero one counts as a failure everywhere an
+// exception does (the Failure's error is a std::system_error with that
+// code; Failure::code() gives it back). The handle costs the
 // callable one pointer of storage and nothing per call beyond passing it.
 #pragma once
 
 #include <functional>
 #include <stdexcept>
 #include <string>
+#include <system_error>
 #include <type_traits>
 #include <utility>
 
@@ -82,13 +88,38 @@ struct SelfBound {
     }
 };
 
+// A callable that reports failure by returning a std::error_code: a
+// non-zero code is thrown as std::system_error, so it counts as a failure
+// everywhere an exception does (failed, handlers, retry, breaker, dead
+// letters, metrics), and the Failure's error holds the code.
+template <class F>
+struct ErrorReturning {
+    F f;
+
+    void bind_node(NodeBase* n) noexcept
+        requires requires(F& inner, NodeBase* p) { inner.bind_node(p); }
+    {
+        f.bind_node(n);
+    }
+
+    template <class... A>
+    void operator()(A&&... a) {
+        const std::error_code ec = std::invoke(f, std::forward<A>(a)...);
+        if (ec) throw std::system_error(ec);
+    }
+};
+
 template <class F, class... Args>
 inline constexpr bool takes_plain_arguments = std::is_invocable_v<std::decay_t<F>&, Args...>;
 template <class F, class... Args>
 inline constexpr bool takes_self = !takes_plain_arguments<F, Args...> && std::is_invocable_v<std::decay_t<F>&, Self&, Args...>;
 
+template <class R>
+inline constexpr bool returns_error_code = std::is_same_v<std::remove_cvref_t<R>, std::error_code>;
+
 // What add() stores for `f`, in a group whose callbacks take Args...: `f`
-// itself, or `f` bound to its own handle. A callable that fits neither is
+// itself, or `f` bound to its own handle, and in either case checked for a
+// returned std::error_code. A callable that fits neither is
 // rejected here, with a message that says what fits.
 // Throws: std::invalid_argument for an empty callable.
 template <class... Args, class F>
@@ -99,7 +130,15 @@ decltype(auto) adapt_callable(F&& f) {
                   "Args...) to receive its own handle; check its parameter list and their constness");
     if constexpr (takes_self<F, Args...>) {
         if (is_empty_callable(f)) throw std::invalid_argument("cbm: cannot register an empty callable");
-        return SelfBound<std::decay_t<F>>{std::forward<F>(f)};
+        using Bound = SelfBound<std::decay_t<F>>;
+        if constexpr (returns_error_code<std::invoke_result_t<std::decay_t<F>&, Self&, Args...>>) {
+            return ErrorReturning<Bound>{Bound{std::forward<F>(f)}};
+        } else {
+            return Bound{std::forward<F>(f)};
+        }
+    } else if constexpr (returns_error_code<std::invoke_result_t<std::decay_t<F>&, Args...>>) {
+        if (is_empty_callable(f)) throw std::invalid_argument("cbm: cannot register an empty callable");
+        return ErrorReturning<std::decay_t<F>>{std::forward<F>(f)};
     } else {
         return std::forward<F>(f);
     }
