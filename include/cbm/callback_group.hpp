@@ -10,6 +10,7 @@
 #include <utility>
 
 #include "async_result.hpp"
+#include "callback_values.hpp"
 #include "callback_options.hpp"
 #include "context.hpp"
 #include "detail/callback_list.hpp"
@@ -190,6 +191,9 @@ public:
     // End of public interface. Implementation details follow.
 
 private:
+    template <class S>
+    friend class CallbackGroup;  // a value group runs its void group with a stop of its own
+
     template <class ShouldStop>
     // Always inlined (with GroupCore::trigger and TriggerScope): the loop is
     // the one call a trigger makes.
@@ -207,6 +211,97 @@ private:
 
     detail::GroupCore<signature> core_;
     detail::CallbackList list_;
+};
+
+// A group of callbacks that return values (see callback_values.hpp): the
+// same members as CallbackGroup<void(Args...)>, with the same blocking and
+// thread-safety rules, except that the triggers give the values back and
+// there is no trigger_async.
+template <class R, class... Args>
+    requires(!std::is_void_v<R>)
+class CallbackGroup<R(Args...)> {
+    using Sink = detail::ValueSink<R>;
+    using Inner = CallbackGroup<void(Sink&, Args...)>;
+
+public:
+    using signature = R(Args...);
+    using options_type = CallbackOptions<signature>;
+    using value_type = R;
+
+    explicit CallbackGroup(ErrorPolicy policy = ErrorPolicy::collect) : inner_(policy) {
+        detail::check_value_type<R>();
+    }
+    explicit CallbackGroup(GroupOptions options) : inner_(std::move(options)) { detail::check_value_type<R>(); }
+    CallbackGroup(const CallbackGroup&) = delete;
+    CallbackGroup& operator=(const CallbackGroup&) = delete;
+
+    // Effect: registers `f`, callable as R(Args...) or R(cbm::Self&,
+    // Args...) with a result convertible to R. As CallbackGroup::add.
+    template <class F>
+    Registration add(F&& f, options_type options = {}) {
+        return inner_.add(detail::produce<R, Args...>(std::forward<F>(f)), detail::rebind_options(std::move(options)));
+    }
+    // Effect: registers a member function on a pointer or a tracked
+    // std::weak_ptr (see cbm/track.hpp; a callback whose object is gone
+    // gives no value).
+    template <class M, class C, class Object>
+    Registration add(M C::*method, Object&& object, options_type options = {}) {
+        return inner_.add(detail::produce_member<R, Args...>(method, std::forward<Object>(object)),
+                          detail::rebind_options(std::move(options)));
+    }
+
+    // Effect: as CallbackGroup::trigger; the result also holds every value,
+    // with its callback's name, in call order.
+    ValueResult<R> trigger(Args... args) { return gather(detail::NeverStop{}, args...); }
+    ValueResult<R> trigger(const std::stop_token& token, Args... args) {
+        return gather(detail::StopWhenRequested{token}, args...);
+    }
+    ValueResult<R> trigger(const Context& ctx, Args... args) {
+        ValueResult<R> result;
+        Sink sink(result.values);
+        static_cast<TriggerResult&>(result) = inner_.core_.trigger_in(ctx, [&](auto should_stop) {
+            return inner_.run(detail::StopWhenCollected<R, decltype(should_stop)>{should_stop, sink}, sink, args...);
+        });
+        return result;
+    }
+
+    // Effect: as trigger(args...), handing each value to `collector` as it
+    // comes (a CallbackValue<R>&&, on this thread); when the collector
+    // returns false, the trigger stops: the callbacks not reached count as
+    // skipped and the result has stopped == true.
+    template <class Collector>
+        requires std::is_invocable_r_v<bool, Collector&, CallbackValue<R>&&>
+    TriggerResult collect(Collector&& collector, Args... args) {
+        Sink sink(collector);
+        return inner_.run(detail::StopWhenCollected<R, detail::NeverStop>{detail::NeverStop{}, sink}, sink, args...);
+    }
+
+    std::size_t clear() { return inner_.clear(); }
+    std::size_t size() const noexcept { return inner_.size(); }
+    bool empty() const noexcept { return inner_.empty(); }
+    ErrorPolicy error_policy() const noexcept { return inner_.error_policy(); }
+    MetricsSnapshot metrics() const { return inner_.metrics(); }
+    void set_error_handler(ErrorHandler handler) { inner_.set_error_handler(std::move(handler)); }
+    void set_dead_letter_handler(DeadLetterHandler handler) { inner_.set_dead_letter_handler(std::move(handler)); }
+    void set_circuit_change_handler(CircuitChangeHandler handler) {
+        inner_.set_circuit_change_handler(std::move(handler));
+    }
+    void set_observer(std::shared_ptr<CallbackObserver> observer) { inner_.set_observer(std::move(observer)); }
+
+    // ------------------------------------------------------------------
+    // End of public interface. Implementation details follow.
+
+private:
+    template <class ShouldStop>
+    ValueResult<R> gather(ShouldStop&& should_stop, Args&... args) {
+        ValueResult<R> result;
+        Sink sink(result.values);
+        static_cast<TriggerResult&>(result) =
+            inner_.run(detail::StopWhenCollected<R, std::decay_t<ShouldStop>>{should_stop, sink}, sink, args...);
+        return result;
+    }
+
+    Inner inner_;
 };
 
 }  // namespace cbm

@@ -19,6 +19,7 @@
 
 #include "async_result.hpp"
 #include "callback_options.hpp"
+#include "callback_values.hpp"
 #include "context.hpp"
 #include "detail/group_core.hpp"
 #include "detail/key_table.hpp"
@@ -243,6 +244,9 @@ public:
     // End of public interface. Implementation details follow.
 
 private:
+    template <class K, class S, class H, class E>
+    friend class CallbackRegistry;  // a value registry runs its void registry with a stop of its own
+
     template <class K>
     std::size_t erase_key(const K& key) {
         const std::size_t h = table_.hash(key);
@@ -290,6 +294,123 @@ private:
 
     detail::GroupCore<signature> core_;
     Table table_;
+};
+
+// A registry of callbacks that return values (see callback_values.hpp): the
+// same members as CallbackRegistry<Key, void(Args...)>, with the same
+// blocking and thread-safety rules, except that the triggers give the
+// values back and there is no trigger_async.
+template <class Key, class R, class... Args, class Hash, class KeyEqual>
+    requires(!std::is_void_v<R>)
+class CallbackRegistry<Key, R(Args...), Hash, KeyEqual> {
+    using Sink = detail::ValueSink<R>;
+    using Inner = CallbackRegistry<Key, void(Sink&, Args...), Hash, KeyEqual>;
+
+public:
+    using key_type = Key;
+    using signature = R(Args...);
+    using options_type = CallbackOptions<signature>;
+    using value_type = R;
+
+    explicit CallbackRegistry(ErrorPolicy policy = ErrorPolicy::collect, Hash hash = Hash{},
+                              KeyEqual equal = KeyEqual{})
+        : inner_(policy, std::move(hash), std::move(equal)) {
+        detail::check_value_type<R>();
+    }
+    explicit CallbackRegistry(GroupOptions options, Hash hash = Hash{}, KeyEqual equal = KeyEqual{})
+        : inner_(std::move(options), std::move(hash), std::move(equal)) {
+        detail::check_value_type<R>();
+    }
+    CallbackRegistry(const CallbackRegistry&) = delete;
+    CallbackRegistry& operator=(const CallbackRegistry&) = delete;
+
+    template <class F>
+    Registration add(const Key& key, F&& f, options_type options = {}) {
+        return inner_.add(key, detail::produce<R, Args...>(std::forward<F>(f)),
+                          detail::rebind_options(std::move(options)));
+    }
+    template <class M, class C, class Object>
+    Registration add(const Key& key, M C::*method, Object&& object, options_type options = {}) {
+        return inner_.add(key, detail::produce_member<R, Args...>(method, std::forward<Object>(object)),
+                          detail::rebind_options(std::move(options)));
+    }
+
+    // Effect: as CallbackRegistry::trigger; the result also holds every
+    // value, with its callback's name, in call order. `key` may be any type
+    // the registry looks up transparently (std::string_view for std::string).
+    template <class K = Key>
+        requires(std::is_same_v<K, Key> || detail::transparent_lookup<Hash, KeyEqual, K, Key>)
+    ValueResult<R> trigger(const K& key, Args... args) {
+        return gather(key, detail::NeverStop{}, args...);
+    }
+    template <class K = Key>
+        requires(std::is_same_v<K, Key> || detail::transparent_lookup<Hash, KeyEqual, K, Key>)
+    ValueResult<R> trigger(const std::stop_token& token, const K& key, Args... args) {
+        return gather(key, detail::StopWhenRequested{token}, args...);
+    }
+    template <class K = Key>
+        requires(std::is_same_v<K, Key> || detail::transparent_lookup<Hash, KeyEqual, K, Key>)
+    ValueResult<R> trigger(const Context& ctx, const K& key, Args... args) {
+        ValueResult<R> result;
+        Sink sink(result.values);
+        static_cast<TriggerResult&>(result) = inner_.core_.trigger_in(ctx, [&](auto should_stop) {
+            return inner_.run(key, detail::StopWhenCollected<R, decltype(should_stop)>{should_stop, sink}, sink,
+                              args...);
+        });
+        return result;
+    }
+
+    // Effect: as CallbackGroup<R(Args...)>::collect, for the callbacks of `key`.
+    template <class Collector, class K = Key>
+        requires std::is_invocable_r_v<bool, Collector&, CallbackValue<R>&&> &&
+                 (std::is_same_v<K, Key> || detail::transparent_lookup<Hash, KeyEqual, K, Key>)
+    TriggerResult collect(const K& key, Collector&& collector, Args... args) {
+        Sink sink(collector);
+        return inner_.run(key, detail::StopWhenCollected<R, detail::NeverStop>{detail::NeverStop{}, sink}, sink,
+                          args...);
+    }
+
+    template <class K = Key>
+        requires(std::is_same_v<K, Key> || detail::transparent_lookup<Hash, KeyEqual, K, Key>)
+    std::size_t erase(const K& key) {
+        return inner_.erase_key(key);
+    }
+    template <class K = Key>
+        requires(std::is_same_v<K, Key> || detail::transparent_lookup<Hash, KeyEqual, K, Key>)
+    std::size_t size(const K& key) const {
+        return inner_.size_of(key);
+    }
+    template <class K = Key>
+        requires(std::is_same_v<K, Key> || detail::transparent_lookup<Hash, KeyEqual, K, Key>)
+    bool contains(const K& key) const {
+        return inner_.size_of(key) != 0;
+    }
+    std::size_t clear() { return inner_.clear(); }
+    std::size_t key_count() const noexcept { return inner_.key_count(); }
+    std::vector<Key> keys() const { return inner_.keys(); }
+    ErrorPolicy error_policy() const noexcept { return inner_.error_policy(); }
+    MetricsSnapshot metrics() const { return inner_.metrics(); }
+    void set_error_handler(ErrorHandler handler) { inner_.set_error_handler(std::move(handler)); }
+    void set_dead_letter_handler(DeadLetterHandler handler) { inner_.set_dead_letter_handler(std::move(handler)); }
+    void set_circuit_change_handler(CircuitChangeHandler handler) {
+        inner_.set_circuit_change_handler(std::move(handler));
+    }
+    void set_observer(std::shared_ptr<CallbackObserver> observer) { inner_.set_observer(std::move(observer)); }
+
+    // ------------------------------------------------------------------
+    // End of public interface. Implementation details follow.
+
+private:
+    template <class K, class ShouldStop>
+    ValueResult<R> gather(const K& key, ShouldStop&& should_stop, Args&... args) {
+        ValueResult<R> result;
+        Sink sink(result.values);
+        static_cast<TriggerResult&>(result) =
+            inner_.run(key, detail::StopWhenCollected<R, std::decay_t<ShouldStop>>{should_stop, sink}, sink, args...);
+        return result;
+    }
+
+    Inner inner_;
 };
 
 }  // namespace cbm

@@ -7,6 +7,7 @@
 #include "callback_group.hpp"
 #include "callback_options.hpp"
 #include "callback_registry.hpp"
+#include "callback_values.hpp"
 #include "context.hpp"
 #include "errc.hpp"
 #include "error_policy.hpp"

@@ -27,7 +27,7 @@ set(layer_4 # callback machinery
   detail/instrument.hpp detail/resilience_steps.hpp detail/pipeline.hpp detail/trigger_loop.hpp
   detail/context_binding.hpp detail/key_table.hpp detail/async_dispatch.hpp detail/group_core.hpp)
 set(layer_5 # callback API
-  snapshot.hpp registration.hpp self.hpp track.hpp callback_options.hpp callback_group.hpp callback_registry.hpp cbm.hpp)
+  snapshot.hpp registration.hpp self.hpp track.hpp callback_options.hpp callback_values.hpp callback_group.hpp callback_registry.hpp cbm.hpp)
 
 foreach(layer RANGE 0 5)
   foreach(header IN LISTS layer_${layer})
