@@ -22,7 +22,7 @@ esac
 
 bash scripts/ensure-packages.sh g++ cmake ninja-build catch2 libbenchmark-dev python3 \
   libboost-dev libsigc++-3.0-dev pkg-config libasio-dev libconcurrentqueue-dev
-cmake --preset release >/dev/null
+cmake --preset release -DCBM_BUILD_BENCHMARKS=ON >/dev/null
 cmake --build --preset release --target emit_bench churn_bench snapshot_bench contention_bench once_bench context_bench read_mostly_bench metrics_bench async_bench >&2
 
 case "$mode" in

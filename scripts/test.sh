@@ -6,6 +6,6 @@ cd "$(dirname "$0")/.."
 
 bash scripts/ensure-packages.sh g++ cmake ninja-build catch2 libbenchmark-dev python3 python3-prometheus-client \
   libasio-dev
-cmake --preset debug
+cmake --preset debug -DCBM_BUILD_TESTS=ON
 cmake --build --preset debug
 ctest --preset debug -j "$(nproc)"

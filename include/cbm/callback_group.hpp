@@ -39,6 +39,10 @@ class CallbackGroup<void(Args...)> {
     static_assert(((std::is_reference_v<Args> || std::is_copy_constructible_v<Args>) && ...),
                   "cbm::CallbackGroup: every by-value argument must be copyable, since each "
                   "callback receives its own copy");
+    static_assert(!(std::is_rvalue_reference_v<Args> || ...),
+                  "cbm::CallbackGroup: a parameter may not be an rvalue reference (T&&): every callback sees "
+                  "the same arguments, so none may take them over; use const T& (or T, each callback getting "
+                  "a copy)");
 
 public:
     using signature = void(Args...);

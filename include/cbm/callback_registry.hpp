@@ -66,6 +66,11 @@ class CallbackRegistry;
 // Thread safety: as CallbackGroup, for every member.
 template <class Key, class... Args, class Hash, class KeyEqual>
 class CallbackRegistry<Key, void(Args...), Hash, KeyEqual> {
+    static_assert(!(std::is_rvalue_reference_v<Args> || ...),
+                  "cbm::CallbackRegistry: a parameter may not be an rvalue reference (T&&): every callback sees "
+                  "the same arguments, so none may take them over; use const T& (or T, each callback getting "
+                  "a copy)");
+
 public:
     using key_type = Key;
     using signature = void(Args...);
