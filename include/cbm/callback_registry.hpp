@@ -44,6 +44,16 @@ struct string_hash {
 };
 
 namespace detail {
+// A first argument that cannot be a registry key (nor a stop token or a
+// context): what a call with its arguments swapped passes. The registries
+// catch it with an overload whose static_assert says so.
+template <class Hash, class KeyEqual, class K, class Key>
+concept misplaced_key =
+    !std::is_convertible_v<const K&, const Key&> && !transparent_lookup<Hash, KeyEqual, K, Key> &&
+    !std::is_same_v<std::remove_cvref_t<K>, std::stop_token> && !std::is_same_v<std::remove_cvref_t<K>, Context>;
+template <class K>
+inline constexpr bool always_false = false;
+
 // The default Hash and KeyEqual of a registry with keys of type Key.
 template <class Key>
 struct default_key_ops {
@@ -153,6 +163,16 @@ public:
         requires detail::transparent_lookup<Hash, KeyEqual, K, Key>
     TriggerResult trigger(const Context& ctx, const K& key, Args... args) {
         return run_in(ctx, key, args...);
+    }
+    // A first argument that is no key: a compile-time error that says so.
+    template <class K, class... A>
+        requires detail::misplaced_key<Hash, KeyEqual, K, Key>
+    TriggerResult trigger(const K&, A&&...) {
+        static_assert(detail::always_false<K>,
+                      "cbm::CallbackRegistry::trigger: the first argument must be the key (a Key, or a type the "
+                      "registry's Hash and KeyEqual look up transparently), then the callbacks' arguments: "
+                      "trigger(key, args...); check the argument order");
+        return {};
     }
 
     // Effect: runs the callbacks registered under `key` asynchronously, as
@@ -363,6 +383,17 @@ public:
                               args...);
         });
         return result;
+    }
+
+    // A first argument that is no key: a compile-time error that says so.
+    template <class K, class... A>
+        requires detail::misplaced_key<Hash, KeyEqual, K, Key>
+    ValueResult<R> trigger(const K&, A&&...) {
+        static_assert(detail::always_false<K>,
+                      "cbm::CallbackRegistry::trigger: the first argument must be the key (a Key, or a type the "
+                      "registry's Hash and KeyEqual look up transparently), then the callbacks' arguments: "
+                      "trigger(key, args...); check the argument order");
+        return {};
     }
 
     // Effect: as CallbackGroup<R(Args...)>::collect, for the callbacks of `key`.

@@ -237,7 +237,7 @@ struct OnceFuncState {
 // its exception, on every call. All copies share the one run.
 // Throws: std::invalid_argument for an empty callable.
 template <class F>
-auto once_func(F&& f) {
+[[nodiscard]] auto once_func(F&& f) {
     using R = std::invoke_result_t<std::decay_t<F>&>;
     if (detail::is_empty_callable(f)) throw std::invalid_argument("cbm::once_func: empty callable");
     auto state = std::make_shared<detail::OnceFuncState<R>>();
