@@ -1,6 +1,8 @@
 // cbm/errc.hpp - the errors cbm reports as std::error_code: a Context's
-// (Go's context.Canceled and context.DeadlineExceeded) and an executor's
-// (a full queue, a shut-down pool, a task dropped unrun).
+// (Go's context.Canceled and context.DeadlineExceeded), an executor's (a
+// full queue, a shut-down pool, a task dropped unrun) and an event bus's
+// (closed; a delivery nacked, not acked in time, or that no subscriber
+// could take).
 //
 //   std::error_code ec = ctx.err();
 //   if (ec == cbm::errc::canceled) ...              // exactly this error
@@ -22,6 +24,10 @@ enum class errc : int {
     queue_full = 3,          // an executor's queue had no room (Overflow::reject)
     executor_shut_down = 4,  // the executor was shut down and takes no more work
     task_dropped = 5,        // the executor destroyed the task without running it
+    bus_closed = 6,          // the EventBus was closed (or destroyed) and takes no more events
+    nacked = 7,              // a subscriber negatively acknowledged the delivery (Delivery::nack)
+    ack_timeout = 8,         // a manual-ack delivery was not acknowledged within its ack_timeout
+    undeliverable = 9,       // every subscriber that could take the event was blocked or had its circuit open
 };
 
 namespace detail {
@@ -37,21 +43,30 @@ public:
             case errc::queue_full: return "executor queue full";
             case errc::executor_shut_down: return "executor shut down";
             case errc::task_dropped: return "task dropped by its executor without running";
+            case errc::bus_closed: return "event bus closed";
+            case errc::nacked: return "delivery negatively acknowledged";
+            case errc::ack_timeout: return "delivery not acknowledged in time";
+            case errc::undeliverable: return "no subscriber could take the event (blocked or circuit open)";
         }
         return "unknown cbm error";
     }
 
     // The portable conditions: canceled is operation_canceled, a missed
     // deadline is timed_out (so `ec == std::errc::timed_out` works), a full
-    // queue is resource_unavailable_try_again; a shut-down executor and a
-    // dropped task are operation_canceled.
+    // queue is resource_unavailable_try_again; a shut-down executor, a
+    // dropped task and a closed bus are operation_canceled; an ack timeout
+    // is timed_out.
     std::error_condition default_error_condition(int value) const noexcept override {
         switch (static_cast<errc>(value)) {
             case errc::canceled: return std::make_error_condition(std::errc::operation_canceled);
             case errc::deadline_exceeded: return std::make_error_condition(std::errc::timed_out);
             case errc::queue_full: return std::make_error_condition(std::errc::resource_unavailable_try_again);
             case errc::executor_shut_down:
-            case errc::task_dropped: return std::make_error_condition(std::errc::operation_canceled);
+            case errc::task_dropped:
+            case errc::bus_closed: return std::make_error_condition(std::errc::operation_canceled);
+            case errc::ack_timeout: return std::make_error_condition(std::errc::timed_out);
+            case errc::nacked:
+            case errc::undeliverable: break;
         }
         return std::error_condition(value, *this);
     }

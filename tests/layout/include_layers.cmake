@@ -11,25 +11,27 @@
 
 set(layer_0 # vocabulary: includes only the standard library
   callback.hpp errc.hpp error_policy.hpp executor.hpp histogram.hpp observer.hpp version.hpp
-  interop/asio.hpp detail/block_cache.hpp)
+  interop/asio.hpp detail/block_cache.hpp detail/event_type.hpp detail/delivery_state.hpp)
 set(layer_1 # reports and once: vocabulary only
   metrics.hpp prometheus.hpp detail/prometheus_text.hpp once.hpp async_result.hpp)
 set(layer_2 # context machinery
   detail/intrusive_ref.hpp detail/non_copyable.hpp detail/ring.hpp detail/word_mutex.hpp detail/service_lifetime.hpp
   detail/timer_service.hpp detail/async_runner.hpp detail/context_node.hpp detail/after_func_entry.hpp)
 set(layer_3 # context API and the settings written in it
-  context.hpp after_func.hpp trace.hpp resilience.hpp group_options.hpp thread_pool.hpp)
+  context.hpp after_func.hpp trace.hpp resilience.hpp group_options.hpp thread_pool.hpp delivery.hpp subscribe_options.hpp)
 set(layer_4 # callback machinery
   detail/barrier.hpp detail/backoff.hpp detail/thread_records.hpp detail/epoch.hpp detail/callback_stats.hpp
   detail/metric_series.hpp
   detail/group_state.hpp detail/node.hpp detail/callback_list.hpp detail/unregister.hpp detail/typed_node.hpp
   detail/resilience_state.hpp detail/validate.hpp detail/make_node.hpp detail/failure.hpp detail/invoke.hpp
   detail/instrument.hpp detail/resilience_steps.hpp detail/pipeline.hpp detail/trigger_loop.hpp
-  detail/context_binding.hpp detail/key_table.hpp detail/async_dispatch.hpp detail/group_core.hpp)
+  detail/context_binding.hpp detail/key_table.hpp detail/async_dispatch.hpp detail/group_core.hpp detail/bus_core.hpp)
 set(layer_5 # callback API
-  snapshot.hpp registration.hpp self.hpp track.hpp callback_options.hpp callback_values.hpp callback_group.hpp callback_registry.hpp cbm.hpp)
+  snapshot.hpp registration.hpp self.hpp track.hpp callback_options.hpp callback_values.hpp callback_group.hpp callback_registry.hpp)
+set(layer_6 # event bus: built on the callback API
+  detail/event_channel.hpp event_bus.hpp cbm.hpp)
 
-foreach(layer RANGE 0 5)
+foreach(layer RANGE 0 6)
   foreach(header IN LISTS layer_${layer})
     set(layer_of_${header} ${layer})
   endforeach()

@@ -1,0 +1,672 @@
+// cbm/detail/bus_core.hpp - the part of an EventBus that does not know the
+// event types: the bounded queue of posted events, the heap of work that
+// waits (redeliveries, ack deadlines), who delivers (process(), run(), the
+// executor's tasks, a timer for the waiting work), the handlers, and the
+// counts that make "nothing is lost uncounted" checkable.
+//
+// Synchronisation: one mutex (`mutex_`) protects the queue, the heap, the
+// counts of outstanding work and the handlers; no user code runs under it.
+// Counters read by metrics() are relaxed atomics. An event is outstanding
+// from post() until every subscription has settled it (delivered and
+// acked, dead-lettered, filtered out, or found no subscriber); drain()
+// waits for that count to reach zero.
+//
+// Lifetime: the core is counted. The EventBus holds one reference, and so
+// does every task handed to an executor and the timer while it is armed, so
+// a task that runs after the bus is gone finds the core closed, not freed.
+#pragma once
+
+#include <algorithm>
+#include <array>
+#include <atomic>
+#include <chrono>
+#include <condition_variable>
+#include <cstddef>
+#include <cstdint>
+#include <deque>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <stop_token>
+#include <string>
+#include <system_error>
+#include <utility>
+#include <vector>
+
+#include "../context.hpp"
+#include "../errc.hpp"
+#include "../error_policy.hpp"
+#include "../executor.hpp"
+#include "../histogram.hpp"
+#include "../resilience.hpp"
+#include "../subscribe_options.hpp"
+#include "../thread_pool.hpp"
+#include "intrusive_ref.hpp"
+#include "resilience_state.hpp"
+#include "timer_service.hpp"
+
+namespace cbm::detail {
+
+class BusCore;
+class ChannelBase;
+
+// One posted event, shared by all its deliveries (counted). The event
+// itself lives in the derived Envelope<E>.
+class EnvelopeBase {
+public:
+    EnvelopeBase(ChannelBase* owner, Context ctx, std::chrono::steady_clock::time_point posted) noexcept
+        : channel(owner), context(std::move(ctx)), posted_at(posted) {}
+    EnvelopeBase(const EnvelopeBase&) = delete;
+    EnvelopeBase& operator=(const EnvelopeBase&) = delete;
+
+    void add_ref() noexcept { refs_.fetch_add(1, std::memory_order_relaxed); }
+    void release_ref() noexcept {
+        if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+    }
+
+    ChannelBase* const channel;  // channels live as long as their bus core
+    const Context context;       // the poster's current_context(): deliveries run under it
+    const std::chrono::steady_clock::time_point posted_at;  // by the bus clock
+
+protected:
+    virtual ~EnvelopeBase() = default;
+
+private:
+    std::atomic<std::uint32_t> refs_{1};
+};
+
+struct EnvelopeOps {
+    static void add_ref(EnvelopeBase* e) noexcept { e->add_ref(); }
+    static void release_ref(EnvelopeBase* e) noexcept { e->release_ref(); }
+};
+using EnvelopeRef = IntrusiveRef<EnvelopeBase, EnvelopeOps>;
+
+// Work that waits in the heap until `due` (by the bus clock): a redelivery,
+// or the deadline of a parked manual-ack delivery.
+class DelayedWork {
+public:
+    virtual ~DelayedWork() = default;
+    // When due, on a delivering thread (no lock held).
+    virtual void run() noexcept = 0;
+    // Instead of run(), when the bus closes first (no lock held).
+    virtual void discard() noexcept = 0;
+    // Whether it still holds outstanding work (a settled ack deadline does not).
+    virtual bool live() const noexcept { return true; }
+
+    std::chrono::steady_clock::time_point due{};
+    std::uint64_t seq = 0;  // equal dues run in the order they were scheduled
+};
+
+// Per-event-type counts (in ChannelBase).
+struct TypeCounters {
+    std::atomic<std::uint64_t> published{0};  // publish() calls (metrics on)
+    std::atomic<std::uint64_t> unrouted{0};   // events that found no subscription at all
+    LatencyHistogram queue_wait_ns;           // post to the start of its delivery (metrics on)
+    // Under the bus core's mutex (the queue's own lock, taken anyway):
+    std::uint64_t posted = 0;    // post() calls that queued (or ran) the event
+    std::uint64_t rejected = 0;  // post() calls refused: queue full or bus closed
+    std::uint64_t queued = 0;    // posted, waiting to be delivered now
+};
+
+// The type-erased side of Channel<E>.
+class ChannelBase {
+public:
+    ChannelBase(std::string_view type_name, BusCore& core) : type_name_(type_name), core_(&core) {}
+    ChannelBase(const ChannelBase&) = delete;
+    ChannelBase& operator=(const ChannelBase&) = delete;
+    virtual ~ChannelBase() = default;
+
+    // Delivers a posted event to every subscription (on the calling thread,
+    // or by handing subscriptions with an executor to it). No lock held.
+    virtual void deliver_posted(EnvelopeRef envelope) noexcept = 0;
+    // A posted event the bus will never deliver (closed): dead-letter it.
+    virtual void discard_posted(EnvelopeRef envelope, std::exception_ptr why) noexcept = 0;
+
+    const std::string& type_name() const noexcept { return type_name_; }
+    BusCore& core() const noexcept { return *core_; }
+    TypeCounters counters;
+
+private:
+    const std::string type_name_;
+    BusCore* const core_;
+};
+
+// How many times a delivery is tried per event and how long to wait.
+inline std::chrono::nanoseconds redelivery_wait(const RedeliveryBackoff& b, std::uint32_t delivered) noexcept {
+    RetryOptions r;
+    r.initial_backoff = b.initial;
+    r.multiplier = b.multiplier;
+    r.max_backoff = b.max;
+    r.jitter = b.jitter;
+    return backoff_after(r, delivered);
+}
+
+class BusCore {
+public:
+    BusCore(const EventBusOptions& options)
+        : executor_(options.executor),
+          capacity_(options.queue_capacity),
+          overflow_(options.overflow),
+          metrics_(options.metrics),
+          clock_(options.clock != nullptr ? options.clock : &steady_resilience_clock()) {
+        if (capacity_ == 0) throw std::invalid_argument("cbm::EventBus: queue_capacity must be at least 1");
+        timer_.expire = [](TimerEntry* entry) noexcept {
+            BusCore* core = reinterpret_cast<BusCore*>(reinterpret_cast<char*>(entry) - offsetof(BusCore, timer_));
+            core->on_timer();
+            core->release_ref();  // the armed timer's reference
+        };
+    }
+    BusCore(const BusCore&) = delete;
+    BusCore& operator=(const BusCore&) = delete;
+
+    void add_ref() noexcept { refs_.fetch_add(1, std::memory_order_relaxed); }
+    void release_ref() noexcept {
+        if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+    }
+
+    bool metrics_on() const noexcept { return metrics_; }
+    ResilienceClock& clock() const noexcept { return *clock_; }
+    bool has_executor() const noexcept { return static_cast<bool>(executor_); }
+
+    // ---- outstanding work -------------------------------------------------
+
+    // One more piece of work that drain() must wait for (a redelivery or a
+    // parked delivery made outside the queue, by publish()).
+    void begin_work() noexcept {
+        std::lock_guard<std::mutex> lock(mutex_);
+        ++outstanding_;
+    }
+    // That work is done (settled, dead-lettered, dropped).
+    void end_work() noexcept {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (--outstanding_ == 0) idle_.notify_all();
+    }
+
+    // ---- posting ------------------------------------------------------------
+
+    // Effect: queues `envelope` (counted as outstanding until delivered), or
+    // refuses it per the Overflow policy, or delivers it here (caller_runs,
+    // and a full queue seen by a thread that is delivering this bus's events,
+    // which would otherwise wait for itself).
+    // Throws: std::system_error(errc::queue_full) (reject) or
+    // (errc::bus_closed); nothing is queued then.
+    void post(EnvelopeRef envelope) {
+        ChannelBase& channel = *envelope->channel;
+        {
+            std::unique_lock<std::mutex> lock(mutex_);
+            for (;;) {
+                if (closed_) {
+                    ++channel.counters.rejected;
+                    throw std::system_error(make_error_code(errc::bus_closed), "cbm::EventBus::post");
+                }
+                if (ready_.size() < capacity_) break;
+                if (overflow_ == Overflow::reject) {
+                    ++channel.counters.rejected;
+                    throw std::system_error(make_error_code(errc::queue_full), "cbm::EventBus::post");
+                }
+                if (overflow_ == Overflow::caller_runs || delivering_here()) {
+                    ++outstanding_;
+                    ++delivering_;
+                    ++channel.counters.posted;
+                    lock.unlock();
+                    {
+                        DeliveringScope scope(*this);
+                        deliver_now(std::move(envelope));
+                    }
+                    lock.lock();
+                    finish_batch_locked(1);
+                    return;
+                }
+                ++blocked_producers_;
+                room_.wait(lock);
+                --blocked_producers_;
+            }
+            ready_.push_back(std::move(envelope));
+            ++outstanding_;
+            ++channel.counters.posted;
+            ++channel.counters.queued;
+            if (sleeping_consumers_ != 0) work_.notify_one();
+            if (executor_) ++pumps_outstanding_;
+        }
+        if (executor_) submit_pump();
+    }
+
+    // Effect: `work` runs when due (by the bus clock), on a delivering
+    // thread; the caller counted it with begin_work() or holds outstanding
+    // work it hands over. After close(), it is discarded instead (now).
+    void schedule(std::unique_ptr<DelayedWork> work) noexcept {
+        bool arm = false;
+        {
+            std::unique_lock<std::mutex> lock(mutex_);
+            if (!closed_) {
+                work->seq = next_seq_++;
+                try {
+                    delayed_.push_back(std::move(work));
+                } catch (...) {
+                    lock.unlock();
+                    // No room to wait: run it now rather than lose it.
+                    work->run();
+                    return;
+                }
+                std::push_heap(delayed_.begin(), delayed_.end(), later_first);
+                if (sleeping_consumers_ != 0) work_.notify_all();
+                arm = executor_ && delayed_.front()->seq == next_seq_ - 1;  // the new earliest
+            }
+        }
+        if (work) {  // closed: not moved into the heap
+            work->discard();
+            return;
+        }
+        if (arm) arm_timer();
+    }
+
+    // ---- delivering ---------------------------------------------------------
+
+    // Effect: delivers, on this thread, every posted event queued now and
+    // every waiting work that is due by the bus clock.
+    // Returns: how many it delivered (events and due works).
+    std::size_t process() { return deliver_here(kBatch, false); }
+
+    // Effect: delivers as process() does, then waits for more, until `ctx`
+    // is canceled or the bus closes.
+    // Returns: how many it delivered.
+    std::size_t run(const Context& ctx) {
+        std::size_t done = 0;
+        std::stop_callback wake(ctx.done(), [this] {
+            std::lock_guard<std::mutex> lock(mutex_);
+            work_.notify_all();
+        });
+        for (;;) {
+            done += process();
+            std::unique_lock<std::mutex> lock(mutex_);
+            if (closed_ || ctx.canceled()) return done;
+            if (has_work_locked()) continue;
+            ++sleeping_consumers_;
+            wait_for_work_locked(lock);
+            --sleeping_consumers_;
+        }
+    }
+
+    // Effect: returns once nothing is outstanding: every posted event, every
+    // redelivery and every parked delivery settled. Without an executor it
+    // delivers on this thread meanwhile (as process()); with one it lets
+    // the executor deliver, and delivers itself only what no task of the
+    // executor will (a task the executor dropped).
+    // Throws: std::logic_error from inside a delivery of this bus (it would
+    // wait for itself).
+    void drain() {
+        if (delivering_here()) {
+            throw std::logic_error("cbm::EventBus::drain: called from inside a delivery of this bus, which it would wait for");
+        }
+        for (;;) {
+            if (!executor_ || pumps_lost()) process();
+            std::unique_lock<std::mutex> lock(mutex_);
+            if (outstanding_ == 0) return;
+            if ((!executor_ || pumps_outstanding_ == 0) && has_work_locked()) continue;
+            if (!executor_) {
+                ++sleeping_consumers_;
+                ++draining_;
+                wait_for_work_locked(lock);
+                --draining_;
+                --sleeping_consumers_;
+            } else {
+                ++draining_;
+                idle_.wait_for(lock, std::chrono::milliseconds(50));  // also re-checks for dropped tasks
+                --draining_;
+            }
+        }
+    }
+
+    // Effect: takes no more posts (they throw errc::bus_closed), wakes run()
+    // and blocked posters, waits until no delivery runs on another thread,
+    // then dead-letters (errc::bus_closed) every posted event not delivered
+    // and every waiting redelivery, and times out every parked delivery.
+    // Idempotent.
+    void close() noexcept {
+        std::deque<EnvelopeRef> ready;
+        std::vector<std::unique_ptr<DelayedWork>> delayed;
+        {
+            std::unique_lock<std::mutex> lock(mutex_);
+            closed_ = true;
+            work_.notify_all();
+            room_.notify_all();
+            // A handler of this bus that closes it waits for the others only.
+            const std::size_t mine = delivering_here() ? 1 : 0;
+            idle_.wait(lock, [&] { return delivering_ <= mine; });
+            ready.swap(ready_);
+            delayed.swap(delayed_);
+        }
+        if (TimerService::shared().remove(&timer_)) release_ref();
+        const std::exception_ptr why =
+            std::make_exception_ptr(std::system_error(make_error_code(errc::bus_closed), "cbm::EventBus closed"));
+        for (EnvelopeRef& envelope : ready) {
+            ChannelBase* channel = envelope->channel;
+            {
+                std::lock_guard<std::mutex> lock(mutex_);
+                --channel->counters.queued;
+            }
+            channel->discard_posted(std::move(envelope), why);
+            end_work();
+        }
+        for (auto& work : delayed) work->discard();
+    }
+
+    bool closed() const noexcept {
+        std::lock_guard<std::mutex> lock(mutex_);
+        return closed_;
+    }
+
+    // ---- handlers ----------------------------------------------------------
+
+    void set_dead_letter_handler(DeadLetterHandler handler) {
+        auto fresh = handler ? std::make_shared<const DeadLetterHandler>(std::move(handler)) : nullptr;
+        std::lock_guard<std::mutex> lock(mutex_);
+        dead_letter_handler_ = std::move(fresh);
+    }
+    void set_error_handler(ErrorHandler handler) {
+        auto fresh = handler ? std::make_shared<const ErrorHandler>(std::move(handler)) : nullptr;
+        std::lock_guard<std::mutex> lock(mutex_);
+        error_handler_ = std::move(fresh);
+    }
+    void report_dead_letter(const DeadLetter& letter) noexcept {
+        std::shared_ptr<const DeadLetterHandler> handler;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            handler = dead_letter_handler_;
+        }
+        if (!handler) return;
+        try {
+            (*handler)(letter);
+        } catch (...) {  // a handler that throws stops nothing
+        }
+    }
+    void report_failure(const Failure& failure) noexcept {
+        std::shared_ptr<const ErrorHandler> handler;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            handler = error_handler_;
+        }
+        if (!handler) return;
+        try {
+            (*handler)(failure);
+        } catch (...) {
+        }
+    }
+
+    // ---- numbers -------------------------------------------------------------
+
+    struct QueueNumbers {
+        std::size_t queued = 0;            // posted events waiting now
+        std::size_t waiting = 0;           // redeliveries and ack deadlines in the heap
+        std::size_t outstanding = 0;       // what drain() waits for
+        std::size_t blocked_producers = 0;
+        bool closed = false;
+    };
+    QueueNumbers numbers() const {
+        std::lock_guard<std::mutex> lock(mutex_);
+        std::size_t waiting = 0;
+        for (const auto& w : delayed_) waiting += w->live() ? 1 : 0;
+        return {ready_.size(), waiting, outstanding_, blocked_producers_, closed_};
+    }
+    std::size_t capacity() const noexcept { return capacity_; }
+
+    struct TypeCounts {
+        std::uint64_t posted = 0;
+        std::uint64_t rejected = 0;
+        std::uint64_t queued = 0;
+    };
+    TypeCounts type_counts(const ChannelBase& channel) const {
+        std::lock_guard<std::mutex> lock(mutex_);
+        return {channel.counters.posted, channel.counters.rejected, channel.counters.queued};
+    }
+
+    // True while this thread delivers an event of this bus (a handler runs).
+    bool delivering_here() const noexcept {
+        for (const DeliveringScope* s = DeliveringScope::innermost(); s != nullptr; s = s->outer) {
+            if (s->core == this) return true;
+        }
+        return false;
+    }
+
+    // Marks this thread as delivering for `core` (a thread-local list, so
+    // that nested buses are told apart). Who counts the delivery in
+    // delivering_ (which close() waits for) is the caller's business.
+    class DeliveringScope {
+    public:
+        explicit DeliveringScope(BusCore& c) noexcept : core(&c), outer(innermost()) { innermost() = this; }
+        ~DeliveringScope() { innermost() = outer; }
+        DeliveringScope(const DeliveringScope&) = delete;
+        DeliveringScope& operator=(const DeliveringScope&) = delete;
+
+        static const DeliveringScope*& innermost() noexcept {
+            thread_local const DeliveringScope* scope = nullptr;
+            return scope;
+        }
+
+        BusCore* const core;
+        const DeliveringScope* const outer;
+    };
+
+    // Runs `f` as a delivery of this bus on the calling thread, counted so
+    // that close() waits for it (a subscription's executor task).
+    template <class F>
+    void as_delivery(F&& f) noexcept {
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            ++delivering_;
+        }
+        {
+            DeliveringScope scope(*this);
+            f();
+        }
+        std::lock_guard<std::mutex> lock(mutex_);
+        finish_batch_locked(0);
+    }
+
+    // ------------------------------------------------------------------
+    // Implementation details follow.
+
+private:
+    ~BusCore() = default;
+
+    static bool later_first(const std::unique_ptr<DelayedWork>& a, const std::unique_ptr<DelayedWork>& b) noexcept {
+        return a->due != b->due ? a->due > b->due : a->seq > b->seq;
+    }
+
+    bool has_work_locked() const noexcept {
+        return !ready_.empty() || (!delayed_.empty() && delayed_.front()->due <= clock_->now());
+    }
+
+    static constexpr std::size_t kBatch = 64;
+
+    // Under mutex_: the end of a batch of deliveries that held `posted`
+    // posted events (now settled or handed over).
+    void finish_batch_locked(std::size_t posted) noexcept {
+        outstanding_ -= posted;
+        --delivering_;
+        if (outstanding_ == 0 || delivering_ == 0) idle_.notify_all();
+    }
+
+    // Delivers on this thread, in batches of at most `most`: due waiting
+    // work first (it is older), then posted events in posting order; one
+    // batch only when `once`. Returns how many things it delivered.
+    std::size_t deliver_here(std::size_t most, bool once) noexcept {
+        std::array<std::unique_ptr<DelayedWork>, kBatch> due;
+        std::array<EnvelopeRef, kBatch> posted;
+        std::size_t done = 0;
+        std::size_t n_posted = 0;
+        for (bool first = true;; first = false) {
+            std::size_t n_due = 0;
+            {
+                std::lock_guard<std::mutex> lock(mutex_);
+                if (!first) finish_batch_locked(n_posted);
+                n_posted = 0;
+                if (!first && once) return done;
+                const auto now = clock_->now();
+                while (n_due < most && !delayed_.empty() && delayed_.front()->due <= now) {
+                    std::pop_heap(delayed_.begin(), delayed_.end(), later_first);
+                    due[n_due++] = std::move(delayed_.back());
+                    delayed_.pop_back();
+                }
+                while (n_due + n_posted < most && !ready_.empty()) {
+                    --ready_.front()->channel->counters.queued;
+                    posted[n_posted++] = std::move(ready_.front());
+                    ready_.pop_front();
+                }
+                if (n_due + n_posted == 0) return done;
+                ++delivering_;
+                if (n_posted != 0 && blocked_producers_ != 0) room_.notify_all();
+            }
+            DeliveringScope scope(*this);
+            for (std::size_t i = 0; i < n_due; ++i) {
+                due[i]->run();
+                due[i].reset();
+            }
+            for (std::size_t i = 0; i < n_posted; ++i) deliver_now(std::move(posted[i]));
+            done += n_due + n_posted;
+        }
+    }
+
+    // Precondition: a DeliveringScope of this core is active.
+    void deliver_now(EnvelopeRef envelope) noexcept {
+        ChannelBase* channel = envelope->channel;
+        if (metrics_) {
+            const auto waited = clock_->now() - envelope->posted_at;
+            channel->counters.queue_wait_ns.record(
+                static_cast<std::uint64_t>(std::max<std::int64_t>(0, std::chrono::nanoseconds(waited).count())));
+        }
+        channel->deliver_posted(std::move(envelope));
+    }
+
+    void wait_for_work_locked(std::unique_lock<std::mutex>& lock) {
+        if (delayed_.empty()) {
+            work_.wait(lock);
+        } else {
+            const auto left = delayed_.front()->due - clock_->now();
+            work_.wait_for(lock, std::max<std::chrono::steady_clock::duration>(left, std::chrono::microseconds(100)));
+        }
+    }
+
+    // ---- executor mode ---------------------------------------------------
+
+    // One task per posted event (and per due waiting work): it delivers the
+    // oldest thing there is. Counted in pumps_outstanding_ until it ran or
+    // was dropped unrun.
+    struct Ops {
+        static void add_ref(BusCore* c) noexcept { c->add_ref(); }
+        static void release_ref(BusCore* c) noexcept { c->release_ref(); }
+    };
+    struct Pump {
+        IntrusiveRef<BusCore, Ops> core;
+        explicit Pump(BusCore* c) : core(IntrusiveRef<BusCore, Ops>::adopt((c->add_ref(), c))) {}
+        Pump(Pump&&) noexcept = default;
+        Pump(const Pump&) = delete;
+        ~Pump() {
+            if (core) core->pump_done(false);
+        }
+        void operator()() {
+            if (!core) return;
+            IntrusiveRef<BusCore, Ops> mine = std::move(core);
+            mine->pump_done(true);
+            mine->pump_one();
+        }
+    };
+
+    void submit_pump() noexcept {
+        try {
+            detail::execute_on(executor_, Task(Pump(this)));
+        } catch (...) {
+            // The executor refused (full, shut down): deliver here instead.
+            process_one_here();
+        }
+    }
+
+    void pump_done(bool ran) noexcept {
+        std::lock_guard<std::mutex> lock(mutex_);
+        --pumps_outstanding_;
+        if (!ran) ++pumps_dropped_;
+        if (draining_ != 0) idle_.notify_all();
+    }
+
+    bool pumps_lost() noexcept {
+        std::lock_guard<std::mutex> lock(mutex_);
+        return pumps_dropped_ != 0 && pumps_outstanding_ == 0;
+    }
+
+    void pump_one() noexcept { deliver_here(1, true); }
+    void process_one_here() noexcept { deliver_here(1, true); }
+
+    // Arms the timer for the earliest waiting work (executor mode).
+    void arm_timer() noexcept {
+        if (TimerService::shared().remove(&timer_)) release_ref();
+        std::chrono::steady_clock::duration left{};
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            if (closed_ || delayed_.empty()) return;
+            left = delayed_.front()->due - clock_->now();
+        }
+        add_ref();
+        timer_.due = TimerEntry::clock::now() + std::max<std::chrono::steady_clock::duration>(left, {});
+        try {
+            if (TimerService::shared().schedule(&timer_)) return;
+        } catch (...) {
+        }
+        release_ref();
+    }
+
+    // On the timer thread: hand every due work to the executor, then re-arm.
+    void on_timer() noexcept {
+        std::size_t due = 0;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            if (closed_) return;
+            const auto now = clock_->now();
+            for (const auto& w : delayed_) due += w->due <= now ? 1 : 0;
+            pumps_outstanding_ += due;
+        }
+        for (std::size_t i = 0; i < due; ++i) {
+            try {
+                detail::execute_on(executor_, Task(Pump(this)));
+            } catch (...) {
+                pump_done(false);  // the work stays in the heap; drain() delivers it
+            }
+        }
+        arm_timer();
+    }
+
+    AnyExecutor executor_;
+    const std::size_t capacity_;
+    const Overflow overflow_;
+    const bool metrics_;
+    ResilienceClock* const clock_;
+
+    mutable std::mutex mutex_;
+    std::condition_variable work_;  // consumers: something to deliver, or closed
+    std::condition_variable room_;  // blocked producers: room in the queue, or closed
+    std::condition_variable idle_;  // drain() and close(): outstanding or delivering went down
+    std::deque<EnvelopeRef> ready_;                      // posted, in posting order
+    std::vector<std::unique_ptr<DelayedWork>> delayed_;  // a min-heap on (due, seq)
+    std::uint64_t next_seq_ = 0;
+    std::size_t outstanding_ = 0;
+    std::size_t delivering_ = 0;  // threads inside a delivery of this bus
+    std::size_t blocked_producers_ = 0;
+    std::size_t sleeping_consumers_ = 0;
+    std::size_t draining_ = 0;
+    std::size_t pumps_outstanding_ = 0;
+    std::size_t pumps_dropped_ = 0;
+    bool closed_ = false;
+    std::shared_ptr<const DeadLetterHandler> dead_letter_handler_;
+    std::shared_ptr<const ErrorHandler> error_handler_;
+
+    TimerEntry timer_;
+    std::atomic<std::uint32_t> refs_{1};
+};
+
+struct BusCoreOps {
+    static void add_ref(BusCore* c) noexcept { c->add_ref(); }
+    static void release_ref(BusCore* c) noexcept { c->release_ref(); }
+};
+using BusCoreRef = IntrusiveRef<BusCore, BusCoreOps>;
+
+}  // namespace cbm::detail

@@ -1,0 +1,104 @@
+// cbm/detail/delivery_state.hpp - the shared state behind cbm::Delivery:
+// how one delivery of an event to one subscription is settled (acked,
+// nacked, timed out, failed), exactly once, by whichever thread gets there
+// first.
+//
+// Memory ordering. Two parties race: the subscriber (ack()/nack() on any
+// thread, during or after its call) and the bus (after the call returns:
+// it either saw the delivery settled, or it parks it: stores what a late
+// settlement needs, then sets `handed_over_`). The subscriber CASes
+// `status_` then loads `handed_over_`; the bus stores `handed_over_` then
+// loads `status_`; all four are seq_cst, so at least one of them sees the
+// other's write (store-load ordering, as in Dekker's algorithm). Either may
+// then want to finish the settlement; `claimed_` (exchange) lets exactly
+// one of them do it. The bus's timer settles a parked delivery the same
+// way (timed_out), so an ack that comes after the timeout returns false.
+#pragma once
+
+#include <atomic>
+#include <chrono>
+#include <cstdint>
+#include <string>
+
+namespace cbm::detail {
+
+enum class DeliveryStatus : std::uint8_t {
+    pending,    // not settled yet
+    acked,      // the subscriber (or, automatically, its return) acknowledged it
+    nacked,     // the subscriber asked for a redelivery (after nack_delay())
+    timed_out,  // a manual-ack delivery was not settled within ack_timeout
+    failed,     // the handler threw (or returned an error)
+};
+
+class DeliveryStateBase {
+public:
+    DeliveryStateBase(const std::string& subscription, std::uint32_t delivery, bool manual) noexcept
+        : subscription_(&subscription), delivery_(delivery), manual_(manual) {}
+    DeliveryStateBase(const DeliveryStateBase&) = delete;
+    DeliveryStateBase& operator=(const DeliveryStateBase&) = delete;
+
+    void add_ref() noexcept { refs_.fetch_add(1, std::memory_order_relaxed); }
+    void release_ref() noexcept {
+        if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+    }
+
+    // Effect: settles the delivery as `to`, if nothing settled it before.
+    // Returns: true if this call settled it.
+    bool settle(DeliveryStatus to, std::chrono::nanoseconds delay = {}) noexcept {
+        if (to == DeliveryStatus::nacked) {
+            // Written before the CAS that publishes it; a losing nack's write
+            // is never read (the winner's status is not nacked, or it wrote
+            // the same field first and won).
+            nack_delay_.store(delay.count(), std::memory_order_relaxed);
+        }
+        DeliveryStatus expected = DeliveryStatus::pending;
+        if (!status_.compare_exchange_strong(expected, to, std::memory_order_seq_cst)) return false;
+        if (handed_over_.load(std::memory_order_seq_cst) && claim()) finish_parked(to);
+        return true;
+    }
+
+    // By the bus, once its call returned and it stored what finish_parked
+    // needs. Returns the status it then saw: pending (a later settle() will
+    // finish it), or the one a settle() made meanwhile, which the caller
+    // must finish itself when this returns true in `mine`.
+    DeliveryStatus hand_over(bool& mine) noexcept {
+        handed_over_.store(true, std::memory_order_seq_cst);
+        const DeliveryStatus seen = status_.load(std::memory_order_seq_cst);
+        mine = seen != DeliveryStatus::pending && claim();
+        return seen;
+    }
+
+    DeliveryStatus status() const noexcept { return status_.load(std::memory_order_acquire); }
+    std::chrono::nanoseconds nack_delay() const noexcept {
+        return std::chrono::nanoseconds(nack_delay_.load(std::memory_order_relaxed));
+    }
+    const std::string& subscription() const noexcept { return *subscription_; }
+    std::uint32_t delivery() const noexcept { return delivery_; }
+    bool manual() const noexcept { return manual_; }
+
+protected:
+    virtual ~DeliveryStateBase() = default;
+
+    // A settlement that came after the bus parked the delivery (a late
+    // ack()/nack(), or the ack timeout): run by the thread that made it.
+    virtual void finish_parked(DeliveryStatus) noexcept {}
+
+private:
+    bool claim() noexcept { return !claimed_.exchange(true, std::memory_order_acq_rel); }
+
+    std::atomic<std::uint32_t> refs_{1};
+    std::atomic<DeliveryStatus> status_{DeliveryStatus::pending};
+    std::atomic<bool> handed_over_{false};
+    std::atomic<bool> claimed_{false};
+    std::atomic<std::int64_t> nack_delay_{0};
+    const std::string* subscription_;  // the subscription's name; it outlives every delivery to it
+    std::uint32_t delivery_;
+    bool manual_;
+};
+
+struct DeliveryStateOps {
+    static void add_ref(DeliveryStateBase* s) noexcept { s->add_ref(); }
+    static void release_ref(DeliveryStateBase* s) noexcept { s->release_ref(); }
+};
+
+}  // namespace cbm::detail

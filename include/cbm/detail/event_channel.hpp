@@ -1,0 +1,822 @@
+// cbm/detail/event_channel.hpp - the typed side of an EventBus: one Channel
+// per event type, holding its subscriptions as routes (a consumer group, or
+// one subscription alone), and everything that happens to one delivery:
+// the attempt, then acked, redelivered after a backoff, parked until a
+// manual ack, or dead-lettered.
+//
+// A subscription is a CallbackGroup of one callback underneath
+// (`Subscription::inner`), so every guarantee of a callback holds for it:
+// unregister() waits for a running delivery and no delivery starts after
+// it returns, once, filters, contexts, timeout, retry, circuit breaker and
+// metrics all work as for any callback. The channel decides only which
+// subscription gets an event and what happens after the attempt.
+//
+// Synchronisation: the routes are a Snapshot (wait-free to read, replaced
+// whole under `write_` when a subscription comes or a gone one is pruned).
+// A consumer group's round-robin position is one relaxed atomic counter.
+// Counters are relaxed atomics. No cbm lock is held while a handler runs.
+#pragma once
+
+#include <algorithm>
+#include <atomic>
+#include <chrono>
+#include <cstddef>
+#include <cstdint>
+#include <exception>
+#include <functional>
+#include <memory>
+#include <mutex>
+#include <span>
+#include <stdexcept>
+#include <string>
+#include <system_error>
+#include <type_traits>
+#include <utility>
+#include <vector>
+
+#include "../callback_group.hpp"
+#include "../delivery.hpp"
+#include "../errc.hpp"
+#include "../error_policy.hpp"
+#include "../self.hpp"
+#include "../snapshot.hpp"
+#include "../subscribe_options.hpp"
+#include "bus_core.hpp"
+#include "intrusive_ref.hpp"
+
+namespace cbm::detail {
+
+template <class E>
+class Channel;
+template <class E>
+class Subscription;
+
+// A posted event.
+template <class E>
+class Envelope final : public EnvelopeBase {
+public:
+    template <class T>
+    Envelope(ChannelBase* owner, Context ctx, std::chrono::steady_clock::time_point posted, T&& value)
+        : EnvelopeBase(owner, std::move(ctx), posted), event(std::forward<T>(value)) {}
+    const E event;
+};
+
+// What a subscription's inner callback receives for one delivery.
+template <class E>
+struct DeliveryArg {
+    const E* event;
+    std::uint32_t delivery;
+    Subscription<E>* subscription;
+    mutable bool filtered = false;  // set when the subscription's own filter said no
+    // The handler's Delivery state, if its handler takes one.
+    IntrusiveRef<DeliveryStateBase, DeliveryStateOps> state = {};
+};
+
+// The counts of one subscription (relaxed atomics).
+struct SubscriptionCounters {
+    std::atomic<std::uint64_t> delivered{0};      // handler calls (redeliveries included)
+    std::atomic<std::uint64_t> acked{0};          // deliveries that ended acked
+    std::atomic<std::uint64_t> failed{0};         // deliveries that threw or returned an error
+    std::atomic<std::uint64_t> nacked{0};         // deliveries the handler nacked
+    std::atomic<std::uint64_t> ack_timeouts{0};   // manual deliveries not settled within ack_timeout
+    std::atomic<std::uint64_t> undeliverable{0};  // events its group could not take (blocked, circuit open)
+    std::atomic<std::uint64_t> redelivered{0};    // deliveries after the first
+    std::atomic<std::uint64_t> dead_lettered{0};  // events given up on (sent to the dead-letter handler)
+};
+
+// What happened to one attempt.
+enum class AttemptOutcome : std::uint8_t {
+    acked, failed, nacked, pending, canceled,  // the subscription took it (settled or not)
+    filtered, blocked, circuit_open, gone,      // it did not: another member may
+};
+
+// The route a delivery follows (a consumer group, or one subscription):
+// stable across the channel's snapshots, so that a redelivery finds its
+// route again.
+struct RouteState {
+    explicit RouteState(std::string g) : group(std::move(g)) {}
+    RouteState(const RouteState&) = delete;
+    RouteState& operator=(const RouteState&) = delete;
+
+    void add_ref() noexcept { refs.fetch_add(1, std::memory_order_relaxed); }
+    void release_ref() noexcept {
+        if (refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+    }
+
+    const std::string group;  // "" for a subscription alone
+    std::atomic<std::uint64_t> next{0};  // the weighted round robin's position
+    std::atomic<std::uint32_t> refs{1};
+};
+
+struct RouteStateOps {
+    static void add_ref(RouteState* r) noexcept { r->add_ref(); }
+    static void release_ref(RouteState* r) noexcept { r->release_ref(); }
+};
+using RouteRef = IntrusiveRef<RouteState, RouteStateOps>;
+
+template <class E>
+class Subscription {
+public:
+    using Inner = CallbackGroup<void(DeliveryArg<E>&)>;
+
+    Subscription(const SubscribeOptions<E>& o, const GroupOptions& group_options, std::uint64_t order_)
+        : name(o.name),
+          group(o.group),
+          labels(o.labels),
+          priority(o.priority),
+          weight(o.weight),
+          max_deliveries(o.max_deliveries),
+          backoff(o.redelivery_backoff),
+          manual(o.ack == AckMode::manual),
+          ack_timeout(o.ack_timeout),
+          executor(o.executor),
+          order(order_),
+          inner(group_options) {}
+    Subscription(const Subscription&) = delete;
+    Subscription& operator=(const Subscription&) = delete;
+
+    void add_ref() noexcept { refs_.fetch_add(1, std::memory_order_relaxed); }
+    void release_ref() noexcept {
+        if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+    }
+
+    // Effect: runs this subscription's handler for `event` (its
+    // delivery-th delivery), under `ctx` when given (a posted event's
+    // context), adding the trigger's numbers to `result` when given.
+    // `error` receives the failure, if any.
+    AttemptOutcome attempt(const E& event, std::uint32_t delivery, const Context* ctx, TriggerResult* result,
+                           std::exception_ptr& error, IntrusiveRef<DeliveryStateBase, DeliveryStateOps>& state) {
+        DeliveryArg<E> arg{&event, delivery, this};
+        TriggerResult r = ctx != nullptr ? inner.trigger(*ctx, arg) : inner.trigger(arg);
+        for (const Failure& f : r.failures) core_of_channel->report_failure(f);
+        const bool invoked = r.invoked != 0;
+        const bool failed = r.failed != 0;
+        const bool stopped = r.stopped;
+        const bool blocked = r.blocked != 0;
+        if (failed) error = r.failures.front().error;
+        if (result != nullptr) merge(*result, std::move(r));
+        state = std::move(arg.state);
+        if (!invoked) {
+            if (failed) return AttemptOutcome::failed;  // its filter threw
+            if (stopped) return AttemptOutcome::canceled;
+            if (arg.filtered) return AttemptOutcome::filtered;
+            if (blocked) return AttemptOutcome::blocked;
+            if (inner.empty()) return AttemptOutcome::gone;
+            return AttemptOutcome::circuit_open;
+        }
+        counters.delivered.fetch_add(1, std::memory_order_relaxed);
+        if (failed) {
+            if (state) state->settle(DeliveryStatus::failed);
+            return AttemptOutcome::failed;
+        }
+        if (!state) return AttemptOutcome::acked;
+        if (!manual) state->settle(DeliveryStatus::acked);  // a return acks, unless the handler nacked first
+        switch (state->status()) {
+            case DeliveryStatus::acked: return AttemptOutcome::acked;
+            case DeliveryStatus::nacked: return AttemptOutcome::nacked;
+            case DeliveryStatus::pending: return AttemptOutcome::pending;
+            case DeliveryStatus::timed_out:
+            case DeliveryStatus::failed: break;
+        }
+        return AttemptOutcome::failed;
+    }
+
+    bool alive() const noexcept { return !inner.empty(); }
+
+    static void merge(TriggerResult& into, TriggerResult&& r) {
+        if (into.invoked == 0 && into.skipped == 0 && into.failures.empty()) {
+            into = std::move(r);
+            return;
+        }
+        into.invoked += r.invoked;
+        into.failed += r.failed;
+        into.skipped += r.skipped;
+        into.blocked += r.blocked;
+        into.stopped = into.stopped || r.stopped;
+        for (Failure& f : r.failures) into.failures.push_back(std::move(f));
+    }
+
+    const std::string name;
+    const std::string group;
+    const Labels labels;
+    const int priority;
+    const std::uint32_t weight;
+    const std::uint32_t max_deliveries;
+    const RedeliveryBackoff backoff;
+    const bool manual;
+    const std::chrono::nanoseconds ack_timeout;
+    const AnyExecutor executor;
+    const std::uint64_t order;  // subscription order in its channel
+    BusCore* core_of_channel = nullptr;
+    SubscriptionCounters counters;
+    Inner inner;
+    Registration registration;
+
+private:
+    ~Subscription() = default;
+    std::atomic<std::uint32_t> refs_{1};
+};
+
+template <class E>
+struct SubscriptionOps {
+    static void add_ref(Subscription<E>* s) noexcept { s->add_ref(); }
+    static void release_ref(Subscription<E>* s) noexcept { s->release_ref(); }
+};
+template <class E>
+using SubscriptionRef = IntrusiveRef<Subscription<E>, SubscriptionOps<E>>;
+
+template <class E>
+SubscriptionRef<E> share(Subscription<E>* s) noexcept {
+    s->add_ref();
+    return SubscriptionRef<E>::adopt(s);
+}
+
+// One delivery of an event to a route: what the channel carries from the
+// attempt to its conclusion.
+template <class E>
+struct Attempt {
+    const E* event = nullptr;
+    EnvelopeRef envelope = {};      // null for a published event until it must outlive publish()
+    // The route: pinned by the channel's view while the attempt runs; owned
+    // (`kept`) once the attempt waits (a redelivery, a parked delivery).
+    RouteState* route = nullptr;
+    RouteRef kept = {};
+    std::uint32_t delivery = 1;
+    const Subscription<E>* avoid = nullptr;  // the member that failed it last (redeliveries)
+    TriggerResult* result = nullptr;         // publish(): the caller's numbers
+    bool queued = false;                     // run under the envelope's context, executors used
+};
+
+// A Delivery<E>'s state, which can also wait parked (after a manual-ack
+// handler returned without settling) until an ack, a nack or its deadline.
+template <class E>
+class ParkedDelivery final : public DeliveryState<E> {
+public:
+    ParkedDelivery(const E& event, Subscription<E>& sub, std::uint32_t delivery)
+        : DeliveryState<E>(event, sub.name, delivery, sub.manual), member(share(&sub)) {}
+
+    void repoint_to(const E& event) noexcept { this->repoint(event); }
+
+    SubscriptionRef<E> member;
+    Channel<E>* channel = nullptr;  // set when parked
+    Attempt<E> attempt;             // set when parked
+
+private:
+    void finish_parked(DeliveryStatus status) noexcept override { channel->finish_parked(*this, status); }
+};
+
+// Waits for a parked delivery's ack deadline.
+template <class E>
+class AckDeadline final : public DelayedWork {
+public:
+    explicit AckDeadline(ParkedDelivery<E>* parked) noexcept : parked_(parked) { parked_->add_ref(); }
+    ~AckDeadline() override { parked_->release_ref(); }
+    void run() noexcept override { parked_->settle(DeliveryStatus::timed_out); }
+    void discard() noexcept override { parked_->settle(DeliveryStatus::timed_out); }
+    bool live() const noexcept override { return parked_->status() == DeliveryStatus::pending; }
+
+private:
+    ParkedDelivery<E>* parked_;
+};
+
+// A redelivery, due after its backoff.
+template <class E>
+class Redelivery final : public DelayedWork {
+public:
+    Redelivery(Channel<E>& channel, SubscriptionRef<E> failed_by) noexcept
+        : channel_(&channel), failed_by_(std::move(failed_by)) {}
+
+    // Takes over the attempt, as the next delivery of its event.
+    void take(Attempt<E>&& attempt) noexcept {
+        attempt_ = std::move(attempt);
+        attempt_.delivery += 1;
+        attempt_.avoid = failed_by_.get();
+        attempt_.result = nullptr;
+        attempt_.queued = true;
+    }
+    void run() noexcept override { channel_->redeliver(std::move(attempt_), failed_by_); }
+    void discard() noexcept override {
+        channel_->give_up(attempt_, *failed_by_,
+                          std::make_exception_ptr(std::system_error(make_error_code(errc::bus_closed),
+                                                                    "cbm::EventBus closed before the redelivery")));
+        channel_->core().end_work();
+    }
+
+private:
+    Channel<E>* channel_;
+    Attempt<E> attempt_;
+    SubscriptionRef<E> failed_by_;
+};
+
+// Adapts a subscriber's handler to the inner group's signature
+// void(Self&, DeliveryArg<E>&): it may take the event or a Delivery<E>&,
+// with or without a leading Self&, and may return a std::error_code.
+template <class E, class F>
+struct EventHandler {
+    F f;
+
+    static constexpr bool takes_self_event = std::is_invocable_v<F&, Self&, const E&>;
+    static constexpr bool takes_event = std::is_invocable_v<F&, const E&>;
+    static constexpr bool takes_self_delivery = std::is_invocable_v<F&, Self&, Delivery<E>&>;
+    static constexpr bool takes_delivery = std::is_invocable_v<F&, Delivery<E>&>;
+    static constexpr bool fits = takes_self_event || takes_event || takes_self_delivery || takes_delivery;
+    static constexpr bool wants_delivery = !takes_event && !takes_self_event && (takes_delivery || takes_self_delivery);
+
+    void operator()(Self& self, DeliveryArg<E>& arg) {
+        if constexpr (wants_delivery) {
+            auto* state = new ParkedDelivery<E>(*arg.event, *arg.subscription, arg.delivery);
+            state->add_ref();
+            arg.state = IntrusiveRef<DeliveryStateBase, DeliveryStateOps>::adopt(state);
+            Delivery<E> delivery(state);
+            if constexpr (takes_delivery) {
+                check_result([&] { return std::invoke(f, delivery); });
+            } else {
+                check_result([&] { return std::invoke(f, self, delivery); });
+            }
+        } else if constexpr (takes_event) {
+            check_result([&] { return std::invoke(f, *arg.event); });
+        } else {
+            check_result([&] { return std::invoke(f, self, *arg.event); });
+        }
+    }
+
+private:
+    template <class Call>
+    static void check_result(Call&& call) {
+        if constexpr (std::is_void_v<decltype(call())>) {
+            call();
+        } else {
+            check(call());
+        }
+    }
+    template <class R>
+    static void check(R&& r) {
+        if constexpr (std::is_same_v<std::remove_cvref_t<R>, std::error_code>) {
+            if (r) throw std::system_error(r);
+        }
+    }
+};
+
+template <class E>
+class Channel final : public ChannelBase {
+    struct Route {
+        RouteRef state;
+        int priority = 0;
+        std::uint64_t order = 0;
+        std::vector<SubscriptionRef<E>> members;
+        std::vector<std::uint64_t> weight_ends;  // cumulative weights, for the round robin
+    };
+    using View = std::vector<Route>;
+
+public:
+    Channel(std::string_view type_name, BusCore& core) : ChannelBase(type_name, core), routes_(View{}) {}
+
+    ~Channel() override = default;
+
+    // Effect: adds `sub` (owned by the caller's reference) to its route.
+    void add(Subscription<E>* sub) {
+        std::lock_guard<std::mutex> lock(write_);
+        View next = *routes_.load();
+        Route* route = nullptr;
+        if (!sub->group.empty()) {
+            for (Route& r : next) {
+                if (r.state->group == sub->group) route = &r;
+            }
+        }
+        if (route == nullptr) {
+            next.push_back(Route{RouteRef::adopt(new RouteState(sub->group)), sub->priority, sub->order, {}, {}});
+            route = &next.back();
+        }
+        route->members.push_back(share(sub));
+        publish_view(std::move(next));
+    }
+
+    // ---- publish ---------------------------------------------------------------
+
+    TriggerResult publish(const E& event) {
+        if (core().metrics_on()) counters.published.fetch_add(1, std::memory_order_relaxed);
+        TriggerResult result;
+        auto view = routes_.load();
+        for (const Route& route : *view) {
+            Attempt<E> a;
+            a.event = &event;
+            a.route = route.state.get();
+            a.result = &result;
+            deliver_route(route, std::move(a));
+        }
+        return result;
+    }
+
+    // ---- queued ----------------------------------------------------------------
+
+    void deliver_posted(EnvelopeRef envelope) noexcept override {
+        auto view = routes_.load();
+        if (view->empty()) {
+            counters.unrouted.fetch_add(1, std::memory_order_relaxed);
+            return;
+        }
+        const E& event = static_cast<const Envelope<E>&>(*envelope).event;
+        for (const Route& route : *view) {
+            Attempt<E> a;
+            a.event = &event;
+            a.envelope = envelope;
+            a.route = route.state.get();
+            a.queued = true;
+            deliver_route(route, std::move(a));
+        }
+    }
+
+    void discard_posted(EnvelopeRef envelope, std::exception_ptr why) noexcept override {
+        auto view = routes_.load();
+        if (view->empty()) {
+            counters.unrouted.fetch_add(1, std::memory_order_relaxed);
+            return;
+        }
+        const E& event = static_cast<const Envelope<E>&>(*envelope).event;
+        for (const Route& route : *view) {
+            if (route.members.empty()) continue;
+            Attempt<E> a;
+            a.event = &event;
+            a.envelope = envelope;
+            a.route = route.state.get();
+            give_up(a, *route.members.front(), why);
+        }
+    }
+
+    // A Redelivery that came due (or a failover from an executor task).
+    void redeliver(Attempt<E>&& a, const SubscriptionRef<E>& failed_by) noexcept {
+        {
+            auto view = routes_.load();
+            const Route* route = nullptr;
+            for (const Route& r : *view) {
+                if (r.state.get() == a.route) route = &r;
+            }
+            if (route == nullptr) {
+                // Every member of its route is gone: nobody is left to take it.
+                give_up(a, *failed_by, gone_error());
+            } else {
+                deliver_route(*route, std::move(a));
+            }
+        }
+        core().end_work();
+    }
+
+    // A parked delivery settled late (an ack, a nack, or its deadline).
+    void finish_parked(ParkedDelivery<E>& parked, DeliveryStatus status) noexcept {
+        Subscription<E>& member = *parked.member;
+        switch (status) {
+            case DeliveryStatus::acked:
+                member.counters.acked.fetch_add(1, std::memory_order_relaxed);
+                break;
+            case DeliveryStatus::nacked:
+                member.counters.nacked.fetch_add(1, std::memory_order_relaxed);
+                retry_or_give_up(parked.attempt, member, parked.nack_delay(), true,
+                                 std::make_exception_ptr(std::system_error(make_error_code(errc::nacked))));
+                break;
+            case DeliveryStatus::timed_out:
+                member.counters.ack_timeouts.fetch_add(1, std::memory_order_relaxed);
+                retry_or_give_up(parked.attempt, member, {}, false,
+                                 std::make_exception_ptr(std::system_error(make_error_code(errc::ack_timeout))));
+                break;
+            case DeliveryStatus::failed:
+            case DeliveryStatus::pending: break;
+        }
+        parked.attempt = Attempt<E>{};  // drop the envelope now
+        core().end_work();              // the parked work
+    }
+
+    // Gives the event up for `member`'s route: the dead-letter handler.
+    void give_up(const Attempt<E>& a, Subscription<E>& member, std::exception_ptr why) noexcept {
+        member.counters.dead_lettered.fetch_add(1, std::memory_order_relaxed);
+        try {
+            DeadLetter letter{type_name(), member.name, std::move(why), a.delivery};
+            core().report_dead_letter(letter);
+            std::shared_ptr<const std::function<void(const DeadLetter&, const E&)>> typed;
+            {
+                std::lock_guard<std::mutex> lock(write_);
+                typed = typed_dead_letter_;
+            }
+            if (typed && a.event != nullptr) (*typed)(letter, *a.event);
+        } catch (...) {  // a handler that throws (or no memory for the letter) stops nothing
+        }
+    }
+
+    void set_typed_dead_letter_handler(std::function<void(const DeadLetter&, const E&)> handler) {
+        auto fresh = handler ? std::make_shared<const std::function<void(const DeadLetter&, const E&)>>(std::move(handler))
+                             : nullptr;
+        std::lock_guard<std::mutex> lock(write_);
+        typed_dead_letter_ = std::move(fresh);
+    }
+
+    // Every subscription there is now (for metrics), in route order.
+    std::vector<SubscriptionRef<E>> subscriptions() const {
+        std::vector<SubscriptionRef<E>> out;
+        auto view = routes_.load();
+        for (const Route& r : *view) {
+            for (const auto& m : r.members) out.push_back(m);
+        }
+        std::lock_guard<std::mutex> lock(write_);
+        for (const auto& m : gone_) out.push_back(m);
+        return out;
+    }
+
+    std::size_t subscriber_count() const {
+        std::size_t n = 0;
+        auto view = routes_.load();
+        for (const Route& r : *view) {
+            for (const auto& m : r.members) n += m->alive() ? 1 : 0;
+        }
+        return n;
+    }
+
+private:
+    void publish_view(View&& next) {
+        for (Route& r : next) {
+            r.priority = r.members.empty() ? 0 : r.members.front()->priority;
+            r.weight_ends.clear();
+            std::uint64_t total = 0;
+            for (const auto& m : r.members) {
+                r.priority = std::max(r.priority, m->priority);
+                total += m->weight;
+                r.weight_ends.push_back(total);
+            }
+        }
+        std::stable_sort(next.begin(), next.end(), [](const Route& a, const Route& b) {
+            return a.priority != b.priority ? a.priority > b.priority : a.order < b.order;
+        });
+        routes_.store(std::move(next));
+    }
+
+    // Removes members that are gone (unregistered, or a once that ran);
+    // their numbers stay for metrics.
+    void prune() {
+        std::lock_guard<std::mutex> lock(write_);
+        View next = *routes_.load();
+        bool changed = false;
+        for (Route& r : next) {
+            auto keep = std::stable_partition(r.members.begin(), r.members.end(),
+                                              [](const SubscriptionRef<E>& m) { return m->alive(); });
+            if (keep != r.members.end()) {
+                changed = true;
+                for (auto it = keep; it != r.members.end(); ++it) gone_.push_back(*it);
+                r.members.erase(keep, r.members.end());
+            }
+        }
+        if (!changed) return;
+        std::erase_if(next, [](const Route& r) { return r.members.empty(); });
+        publish_view(std::move(next));
+    }
+
+    // The member to try first: for a first delivery, the weighted round
+    // robin's next; for a redelivery, the member after the one that failed.
+    static std::size_t first_member(const Route& route, const Attempt<E>& a) noexcept {
+        const std::size_t n = route.members.size();
+        if (n == 1) return 0;
+        if (a.avoid != nullptr) {
+            for (std::size_t i = 0; i < n; ++i) {
+                if (route.members[i].get() == a.avoid) return (i + 1) % n;
+            }
+        }
+        const std::uint64_t total = route.weight_ends.back();
+        const std::uint64_t spot = route.state->next.fetch_add(1, std::memory_order_relaxed) % total;
+        return static_cast<std::size_t>(
+            std::upper_bound(route.weight_ends.begin(), route.weight_ends.end(), spot) - route.weight_ends.begin());
+    }
+
+    void deliver_route(const Route& route, Attempt<E>&& a) noexcept {
+        const std::size_t n = route.members.size();
+        if (n == 0) return;
+        deliver_members(std::span<const SubscriptionRef<E>>(route.members), first_member(route, a), n, std::move(a),
+                        nullptr);
+    }
+
+    // Tries `count` members from `start` (cyclically) until one takes the
+    // event. `on` is the member whose executor runs this call (it is not
+    // handed to its executor again).
+    void deliver_members(std::span<const SubscriptionRef<E>> members, std::size_t start, std::size_t count,
+                         Attempt<E>&& a, const Subscription<E>* on) noexcept {
+        const std::size_t n = members.size();
+        Subscription<E>* skipped_by = nullptr;
+        bool filtered = false;
+        bool pruned = false;
+        for (std::size_t i = 0; i < count; ++i) {
+            Subscription<E>& m = *members[(start + i) % n];
+            if (a.queued && m.executor && &m != on) {
+                hand_to_executor(members, (start + i) % n, count - i, std::move(a), m);
+                return;
+            }
+            std::exception_ptr error;
+            IntrusiveRef<DeliveryStateBase, DeliveryStateOps> state;
+            if (a.delivery > 1) m.counters.redelivered.fetch_add(1, std::memory_order_relaxed);
+            AttemptOutcome outcome;
+            try {
+                outcome = m.attempt(*a.event, a.delivery, a.queued ? &a.envelope->context : nullptr, a.result, error,
+                                    state);
+            } catch (...) {  // no memory for the result: count it as the attempt's failure
+                error = std::current_exception();
+                outcome = AttemptOutcome::failed;
+            }
+            switch (outcome) {
+                case AttemptOutcome::acked:
+                    m.counters.acked.fetch_add(1, std::memory_order_relaxed);
+                    return;
+                case AttemptOutcome::failed:
+                    m.counters.failed.fetch_add(1, std::memory_order_relaxed);
+                    retry_or_give_up(a, m, {}, false, error);
+                    return;
+                case AttemptOutcome::nacked:
+                    m.counters.nacked.fetch_add(1, std::memory_order_relaxed);
+                    retry_or_give_up(a, m, state->nack_delay(), true,
+                                     std::make_exception_ptr(std::system_error(make_error_code(errc::nacked))));
+                    return;
+                case AttemptOutcome::pending:
+                    park(std::move(a), m, std::move(state));
+                    return;
+                case AttemptOutcome::canceled:
+                    give_up(a, m, std::make_exception_ptr(std::system_error(
+                                      a.envelope ? a.envelope->context.err() : make_error_code(errc::canceled),
+                                      "cbm::EventBus: the event's context ended before its delivery")));
+                    return;
+                case AttemptOutcome::filtered: filtered = true; break;  // not for this member: maybe for another
+                case AttemptOutcome::blocked:
+                case AttemptOutcome::circuit_open: skipped_by = &m; break;
+                case AttemptOutcome::gone:
+                    if (!pruned) {
+                        pruned = true;
+                        try {
+                            prune();
+                        } catch (...) {  // pruned later
+                        }
+                    }
+                    break;
+            }
+        }
+        if (skipped_by != nullptr) {
+            skipped_by->counters.undeliverable.fetch_add(1, std::memory_order_relaxed);
+            retry_or_give_up(a, *skipped_by, {}, false,
+                             std::make_exception_ptr(std::system_error(make_error_code(errc::undeliverable))));
+        } else if (!filtered && a.delivery > 1) {
+            // A redelivery whose every member went meanwhile: given up, not lost.
+            give_up(a, *members[start % n], gone_error());
+        } else if (!filtered) {
+            counters.unrouted.fetch_add(1, std::memory_order_relaxed);  // unsubscribed before it came
+        }
+    }
+
+    // Hands the rest of a route's members to `m`'s executor: one task that
+    // delivers there (and goes on to the next member if `m` does not take
+    // it). The task is outstanding work of the bus.
+    void hand_to_executor(std::span<const SubscriptionRef<E>> members, std::size_t from, std::size_t count,
+                          Attempt<E>&& a, Subscription<E>& m) noexcept {
+        struct Hop {
+            Channel* channel;
+            std::vector<SubscriptionRef<E>> members;
+            std::size_t count;
+            Attempt<E> attempt;
+            bool ran = false;
+            Hop(Channel* c, std::vector<SubscriptionRef<E>> ms, std::size_t n, Attempt<E>&& a)
+                : channel(c), members(std::move(ms)), count(n), attempt(std::move(a)) {}
+            Hop(Hop&& o) noexcept
+                : channel(o.channel), members(std::move(o.members)), count(o.count), attempt(std::move(o.attempt)),
+                  ran(std::exchange(o.ran, true)) {}
+            Hop(const Hop&) = delete;
+            ~Hop() {
+                if (ran) return;
+                // Dropped by its executor unrun: the delivery failed.
+                members.front()->counters.failed.fetch_add(1, std::memory_order_relaxed);
+                channel->retry_or_give_up(attempt, *members.front(), {}, false,
+                                          std::make_exception_ptr(std::system_error(make_error_code(errc::task_dropped))));
+                channel->core().end_work();
+            }
+            void operator()() {
+                if (ran) return;
+                ran = true;
+                Subscription<E>* first = members.front().get();
+                channel->core().as_delivery([&] {
+                    channel->deliver_members(std::span<const SubscriptionRef<E>>(members), 0, count,
+                                             std::move(attempt), first);
+                });
+                channel->core().end_work();
+            }
+        };
+        std::vector<SubscriptionRef<E>> rest;
+        try {
+            rest.reserve(count);
+            for (std::size_t i = 0; i < count; ++i) rest.push_back(members[(from + i) % members.size()]);
+        } catch (...) {
+            retry_or_give_up(a, m, {}, false, std::current_exception());
+            return;
+        }
+        core().begin_work();
+        Hop hop(this, std::move(rest), count, std::move(a));
+        try {
+            detail::execute_on(m.executor, Task(std::move(hop)));
+        } catch (...) {
+            // Refused (queue full, shut down): the delivery failed; the hop
+            // (if the Task did not take it) concludes it as dropped.
+            if (!hop.ran) {
+                hop.ran = true;
+                m.counters.failed.fetch_add(1, std::memory_order_relaxed);
+                retry_or_give_up(hop.attempt, m, {}, false, std::current_exception());
+                core().end_work();
+            }
+        }
+    }
+
+    // After a failed, nacked, timed-out or undeliverable delivery: again
+    // after the backoff (or the nack's delay) while deliveries remain, else
+    // the dead-letter handler.
+    void retry_or_give_up(Attempt<E>& a, Subscription<E>& member, std::chrono::nanoseconds nack_delay, bool nacked,
+                          std::exception_ptr why) noexcept {
+        if (a.delivery >= member.max_deliveries || !keep(a, member, why)) {
+            give_up(a, member, std::move(why));
+            return;
+        }
+        std::unique_ptr<Redelivery<E>> work;
+        try {
+            work = std::make_unique<Redelivery<E>>(*this, share(&member));
+        } catch (...) {
+            give_up(a, member, std::move(why));
+            return;
+        }
+        const auto wait = nacked ? nack_delay : redelivery_wait(member.backoff, a.delivery);
+        if (!a.kept) a.kept = share_route(a.route);
+        work->take(std::move(a));
+        work->due = core().clock().now() + std::chrono::duration_cast<std::chrono::steady_clock::duration>(wait);
+        core().begin_work();
+        core().schedule(std::move(work));
+    }
+
+    // Makes sure the event outlives publish(): copies a published event into
+    // an envelope of its own. False if it cannot (a type that cannot be
+    // copied; `why` then says so).
+    bool keep(Attempt<E>& a, Subscription<E>&, std::exception_ptr& why) noexcept {
+        if (a.envelope) return true;
+        if constexpr (std::is_copy_constructible_v<E>) {
+            try {
+                auto* envelope = new Envelope<E>(this, current_context(), core().clock().now(), *a.event);
+                a.envelope = EnvelopeRef::adopt(envelope);
+                a.event = &envelope->event;
+                a.queued = true;
+                return true;
+            } catch (...) {
+                why = std::current_exception();
+                return false;
+            }
+        } else {
+            why = std::make_exception_ptr(std::logic_error(
+                "cbm::EventBus: a published event of a type that cannot be copied cannot wait for a "
+                "redelivery or an ack; post() it instead"));
+            return false;
+        }
+    }
+
+    // A manual-ack delivery that returned unsettled: waits for its ack, nack
+    // or deadline.
+    void park(Attempt<E>&& a, Subscription<E>& member, IntrusiveRef<DeliveryStateBase, DeliveryStateOps> state) noexcept {
+        auto* parked = static_cast<ParkedDelivery<E>*>(state.get());
+        std::exception_ptr why;
+        if (!keep(a, member, why)) {
+            if (parked->settle(DeliveryStatus::failed)) give_up(a, member, why);
+            return;
+        }
+        parked->repoint_to(*a.event);
+        parked->channel = this;
+        std::unique_ptr<AckDeadline<E>> deadline;
+        try {
+            deadline = std::make_unique<AckDeadline<E>>(parked);
+        } catch (...) {
+            if (parked->settle(DeliveryStatus::failed)) give_up(a, member, std::current_exception());
+            return;
+        }
+        deadline->due = core().clock().now() +
+                        std::chrono::duration_cast<std::chrono::steady_clock::duration>(member.ack_timeout);
+        if (!a.kept) a.kept = share_route(a.route);
+        parked->attempt = std::move(a);
+        core().begin_work();  // ended by finish_parked
+        bool mine = false;
+        const DeliveryStatus seen = parked->hand_over(mine);
+        if (seen == DeliveryStatus::pending) {
+            core().schedule(std::move(deadline));
+        } else if (mine) {
+            finish_parked(*parked, seen);  // settled while we parked it
+        }
+    }
+
+    static RouteRef share_route(RouteState* r) noexcept {
+        r->add_ref();
+        return RouteRef::adopt(r);
+    }
+
+    static std::exception_ptr gone_error() noexcept {
+        return std::make_exception_ptr(std::system_error(
+            make_error_code(errc::undeliverable), "cbm::EventBus: every subscription that could take the event is gone"));
+    }
+
+    Snapshot<View> routes_;
+    mutable std::mutex write_;                    // writers of routes_; gone_; the typed handler
+    std::vector<SubscriptionRef<E>> gone_;        // pruned members, kept for their numbers
+    std::shared_ptr<const std::function<void(const DeadLetter&, const E&)>> typed_dead_letter_;
+};
+
+}  // namespace cbm::detail
