@@ -16,6 +16,7 @@
 #include <thread>
 #include <vector>
 
+#include "manual_clock.hpp"
 #include "test_support.hpp"
 
 using namespace std::chrono_literals;
@@ -25,33 +26,7 @@ using cbm::GroupOptions;
 
 namespace {
 
-// A clock that only moves when told to; sleeping advances it at once.
-class ManualClock final : public cbm::ResilienceClock {
-public:
-    std::chrono::steady_clock::time_point now() noexcept override {
-        return std::chrono::steady_clock::time_point(std::chrono::nanoseconds(ns_.load()));
-    }
-    bool sleep_for(std::chrono::nanoseconds d, const cbm::Context& ctx) override {
-        if (ctx.canceled()) return false;
-        {
-            std::lock_guard<std::mutex> lock(mutex_);
-            sleeps_.push_back(d);
-        }
-        advance(d);
-        return true;
-    }
-    void advance(std::chrono::nanoseconds d) { ns_.fetch_add(d.count()); }
-    std::vector<std::chrono::nanoseconds> sleeps() {
-        std::lock_guard<std::mutex> lock(mutex_);
-        return sleeps_;
-    }
-
-private:
-    std::atomic<std::int64_t> ns_{1'000'000'000};
-    std::mutex mutex_;
-    std::vector<std::chrono::nanoseconds> sleeps_;
-};
-
+using cbm_test::ManualClock;
 
 }  // namespace
 

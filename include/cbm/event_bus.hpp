@@ -319,7 +319,7 @@ private:
         if (detail::Channel<E>* found = find<E>()) return *found;
         const std::size_t index = detail::event_type_index<E>();
         Table* table = table_.load(std::memory_order_relaxed);
-        auto channel = std::make_unique<detail::Channel<E>>(detail::event_type_name<E>(), *core_);
+        auto channel = std::make_unique<detail::Channel<E>>(detail::readable_event_type_name<E>(), *core_);
         type_metrics_.reserve(type_metrics_.size() + 1);
         channels_.reserve(channels_.size() + 1);
         if (index >= table->size) {

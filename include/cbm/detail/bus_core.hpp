@@ -112,7 +112,7 @@ struct TypeCounters {
 // The type-erased side of Channel<E>.
 class ChannelBase {
 public:
-    ChannelBase(std::string_view type_name, BusCore& core) : type_name_(type_name), core_(&core) {}
+    ChannelBase(std::string type_name, BusCore& core) : type_name_(std::move(type_name)), core_(&core) {}
     ChannelBase(const ChannelBase&) = delete;
     ChannelBase& operator=(const ChannelBase&) = delete;
     virtual ~ChannelBase() = default;
@@ -180,7 +180,7 @@ public:
     // That work is done (settled, dead-lettered, dropped).
     void end_work() noexcept {
         std::lock_guard<std::mutex> lock(mutex_);
-        if (--outstanding_ == 0) idle_.notify_all();
+        if (--outstanding_ == 0) wake_idle_locked();
     }
 
     // ---- posting ------------------------------------------------------------
@@ -485,7 +485,14 @@ private:
     void finish_batch_locked(std::size_t posted) noexcept {
         outstanding_ -= posted;
         --delivering_;
-        if (outstanding_ == 0 || delivering_ == 0) idle_.notify_all();
+        if (outstanding_ == 0 || delivering_ == 0) wake_idle_locked();
+    }
+
+    // Under mutex_: tells close() and drain() (which, without an executor,
+    // sleeps on work_ so that new work wakes it too) to look again.
+    void wake_idle_locked() noexcept {
+        idle_.notify_all();
+        if (draining_ != 0) work_.notify_all();
     }
 
     // Delivers on this thread, in batches of at most `most`: due waiting

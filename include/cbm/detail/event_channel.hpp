@@ -369,7 +369,7 @@ class Channel final : public ChannelBase {
     using View = std::vector<Route>;
 
 public:
-    Channel(std::string_view type_name, BusCore& core) : ChannelBase(type_name, core), routes_(View{}) {}
+    Channel(std::string type_name, BusCore& core) : ChannelBase(std::move(type_name), core), routes_(View{}) {}
 
     ~Channel() override = default;
 
@@ -416,14 +416,17 @@ public:
             return;
         }
         const E& event = static_cast<const Envelope<E>&>(*envelope).event;
+        bool reached = false;
         for (const Route& route : *view) {
             Attempt<E> a;
             a.event = &event;
             a.envelope = envelope;
             a.route = route.state.get();
             a.queued = true;
-            deliver_route(route, std::move(a));
+            reached = deliver_route(route, std::move(a)) || reached;
         }
+        // Every subscription went before it came (not yet pruned).
+        if (!reached) counters.unrouted.fetch_add(1, std::memory_order_relaxed);
     }
 
     void discard_posted(EnvelopeRef envelope, std::exception_ptr why) noexcept override {
@@ -474,6 +477,12 @@ public:
                                  std::make_exception_ptr(std::system_error(make_error_code(errc::nacked))));
                 break;
             case DeliveryStatus::timed_out:
+                if (core().closed()) {  // timed out by close(), not by its deadline
+                    give_up(parked.attempt, member,
+                            std::make_exception_ptr(std::system_error(make_error_code(errc::bus_closed),
+                                                                      "cbm::EventBus closed before the ack")));
+                    break;
+                }
                 member.counters.ack_timeouts.fetch_add(1, std::memory_order_relaxed);
                 retry_or_give_up(parked.attempt, member, {}, false,
                                  std::make_exception_ptr(std::system_error(make_error_code(errc::ack_timeout))));
@@ -583,17 +592,19 @@ private:
             std::upper_bound(route.weight_ends.begin(), route.weight_ends.end(), spot) - route.weight_ends.begin());
     }
 
-    void deliver_route(const Route& route, Attempt<E>&& a) noexcept {
+    // Returns: false if every member of the route was gone.
+    bool deliver_route(const Route& route, Attempt<E>&& a) noexcept {
         const std::size_t n = route.members.size();
-        if (n == 0) return;
-        deliver_members(std::span<const SubscriptionRef<E>>(route.members), first_member(route, a), n, std::move(a),
+        if (n == 0) return false;
+        return deliver_members(std::span<const SubscriptionRef<E>>(route.members), first_member(route, a), n, std::move(a),
                         nullptr);
     }
 
     // Tries `count` members from `start` (cyclically) until one takes the
     // event. `on` is the member whose executor runs this call (it is not
     // handed to its executor again).
-    void deliver_members(std::span<const SubscriptionRef<E>> members, std::size_t start, std::size_t count,
+    // Returns: false if every member tried was gone.
+    bool deliver_members(std::span<const SubscriptionRef<E>> members, std::size_t start, std::size_t count,
                          Attempt<E>&& a, const Subscription<E>* on) noexcept {
         const std::size_t n = members.size();
         Subscription<E>* skipped_by = nullptr;
@@ -603,7 +614,7 @@ private:
             Subscription<E>& m = *members[(start + i) % n];
             if (a.queued && m.executor && &m != on) {
                 hand_to_executor(members, (start + i) % n, count - i, std::move(a), m);
-                return;
+                return true;
             }
             std::exception_ptr error;
             IntrusiveRef<DeliveryStateBase, DeliveryStateOps> state;
@@ -619,24 +630,24 @@ private:
             switch (outcome) {
                 case AttemptOutcome::acked:
                     m.counters.acked.fetch_add(1, std::memory_order_relaxed);
-                    return;
+                    return true;
                 case AttemptOutcome::failed:
                     m.counters.failed.fetch_add(1, std::memory_order_relaxed);
                     retry_or_give_up(a, m, {}, false, error);
-                    return;
+                    return true;
                 case AttemptOutcome::nacked:
                     m.counters.nacked.fetch_add(1, std::memory_order_relaxed);
                     retry_or_give_up(a, m, state->nack_delay(), true,
                                      std::make_exception_ptr(std::system_error(make_error_code(errc::nacked))));
-                    return;
+                    return true;
                 case AttemptOutcome::pending:
                     park(std::move(a), m, std::move(state));
-                    return;
+                    return true;
                 case AttemptOutcome::canceled:
                     give_up(a, m, std::make_exception_ptr(std::system_error(
                                       a.envelope ? a.envelope->context.err() : make_error_code(errc::canceled),
                                       "cbm::EventBus: the event's context ended before its delivery")));
-                    return;
+                    return true;
                 case AttemptOutcome::filtered: filtered = true; break;  // not for this member: maybe for another
                 case AttemptOutcome::blocked:
                 case AttemptOutcome::circuit_open: skipped_by = &m; break;
@@ -659,8 +670,9 @@ private:
             // A redelivery whose every member went meanwhile: given up, not lost.
             give_up(a, *members[start % n], gone_error());
         } else if (!filtered) {
-            counters.unrouted.fetch_add(1, std::memory_order_relaxed);  // unsubscribed before it came
+            return false;  // every member unsubscribed before it came
         }
+        return true;
     }
 
     // Hands the rest of a route's members to `m`'s executor: one task that

@@ -8,6 +8,7 @@
 
 #include <atomic>
 #include <cstddef>
+#include <string>
 #include <string_view>
 #include <type_traits>
 
@@ -56,6 +57,20 @@ constexpr std::string_view event_type_name() noexcept {
     } else {
         return spelled_type_name<E>();
     }
+}
+
+// The name a bus reports (metrics, dead letters): event_type_name without
+// the compilers' spelling of anonymous namespaces ("{anonymous}::" for g++,
+// "(anonymous namespace)::" for clang++), which only adds noise there.
+template <class E>
+std::string readable_event_type_name() {
+    std::string name(event_type_name<E>());
+    for (std::string_view noise : {std::string_view("{anonymous}::"), std::string_view("(anonymous namespace)::")}) {
+        for (std::size_t at = name.find(noise); at != std::string::npos; at = name.find(noise, at)) {
+            name.erase(at, noise.size());
+        }
+    }
+    return name;
 }
 
 }  // namespace cbm::detail
