@@ -282,7 +282,8 @@ TEST_CASE("a posted event carries the poster's context to its handlers", "[event
     std::string trace;
     bus.subscribe<int>([&](const int&) { trace = std::string(cbm::trace_id(cbm::current_context())); });
     {
-        cbm::ContextScope scope(cbm::with_trace_id(cbm::Context::background(), "trace-42"));
+        const cbm::Context traced = cbm::with_trace_id(cbm::Context::background(), "trace-42");
+        cbm::ContextScope scope(traced);
         bus.post(1);
     }
     bus.process();
@@ -605,7 +606,7 @@ TEST_CASE("an event no member can take (blocked, circuit open) is redelivered la
     int ran = 0;
     cbm::Registration r = bus.subscribe<int>([&](const int&) { ++ran; },
                                              {.name = "paused", .max_deliveries = 2, .redelivery_backoff = fixed(1ms)});
-    std::optional<cbm::Blocker> block(r.block());
+    auto block = std::make_unique<cbm::Blocker>(r.block());
     bus.post(1);
     bus.process();
     REQUIRE(ran == 0);
@@ -614,7 +615,7 @@ TEST_CASE("an event no member can take (blocked, circuit open) is redelivered la
     bus.process();
     REQUIRE(ran == 1);
     REQUIRE(letters.size() == 0);
-    block.emplace(r.block());
+    block = std::make_unique<cbm::Blocker>(r.block());
     bus.post(2);
     bus.process();
     clock.advance(1ms);

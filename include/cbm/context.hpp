@@ -230,6 +230,9 @@ class ContextScope {
 public:
     explicit ContextScope(const Context& ctx) noexcept
         : previous_(std::exchange(detail::current_context_slot, &ctx)) {}
+    // A temporary would be gone before the scope: keep the context in a
+    // variable (`cbm::Context ctx = ...; cbm::ContextScope scope(ctx);`).
+    explicit ContextScope(Context&&) = delete;
     ContextScope(const ContextScope&) = delete;
     ContextScope& operator=(const ContextScope&) = delete;
     ~ContextScope() { detail::current_context_slot = previous_; }

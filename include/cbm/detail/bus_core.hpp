@@ -96,6 +96,8 @@ public:
 
     std::chrono::steady_clock::time_point due{};
     std::uint64_t seq = 0;  // equal dues run in the order they were scheduled
+    static constexpr std::size_t kNotQueued = SIZE_MAX;
+    std::size_t heap_index = kNotQueued;  // under the core's mutex
 };
 
 // Per-event-type counts (in ChannelBase).
@@ -241,6 +243,7 @@ public:
             std::unique_lock<std::mutex> lock(mutex_);
             if (!closed_) {
                 work->seq = next_seq_++;
+                DelayedWork* raw = work.get();
                 try {
                     delayed_.push_back(std::move(work));
                 } catch (...) {
@@ -249,9 +252,10 @@ public:
                     work->run();
                     return;
                 }
-                std::push_heap(delayed_.begin(), delayed_.end(), later_first);
+                raw->heap_index = delayed_.size() - 1;
+                sift_up(raw->heap_index);
                 if (sleeping_consumers_ != 0) work_.notify_all();
-                arm = executor_ && delayed_.front()->seq == next_seq_ - 1;  // the new earliest
+                arm = executor_ && delayed_.front().get() == raw;  // the new earliest
             }
         }
         if (work) {  // closed: not moved into the heap
@@ -336,6 +340,7 @@ public:
             idle_.wait(lock, [&] { return delivering_ <= mine; });
             ready.swap(ready_);
             delayed.swap(delayed_);
+            for (auto& w : delayed) w->heap_index = DelayedWork::kNotQueued;
         }
         if (TimerService::shared().remove(&timer_)) release_ref();
         const std::exception_ptr why =
@@ -350,6 +355,24 @@ public:
             end_work();
         }
         for (auto& work : delayed) work->discard();
+    }
+
+    // Effect: removes the work `*slot` points to from the heap if it still
+    // waits there (it is then destroyed, unrun). `*slot` is read under the
+    // core's mutex, and a work that holds such a slot clears it with
+    // forget() when destroyed, so it is never read dangling.
+    void cancel(const DelayedWork* const* slot) noexcept {
+        std::unique_ptr<DelayedWork> removed;  // destroyed after the lock is released
+        std::lock_guard<std::mutex> lock(mutex_);
+        const DelayedWork* work = *slot;
+        if (work == nullptr) return;
+        const std::size_t i = work->heap_index;
+        if (i == DelayedWork::kNotQueued || i >= delayed_.size() || delayed_[i].get() != work) return;
+        removed = take_at(i);
+    }
+    void forget(const DelayedWork** slot) noexcept {
+        std::lock_guard<std::mutex> lock(mutex_);
+        *slot = nullptr;
     }
 
     bool closed() const noexcept {
@@ -470,8 +493,52 @@ public:
 private:
     ~BusCore() = default;
 
-    static bool later_first(const std::unique_ptr<DelayedWork>& a, const std::unique_ptr<DelayedWork>& b) noexcept {
-        return a->due != b->due ? a->due > b->due : a->seq > b->seq;
+    // The heap of waiting work: a binary min-heap on (due, seq) that keeps
+    // each work's position, so that a settled ack deadline is removed at
+    // once (and with it what it holds) instead of waiting for its due time.
+    static bool earlier(const DelayedWork& a, const DelayedWork& b) noexcept {
+        return a.due != b.due ? a.due < b.due : a.seq < b.seq;
+    }
+    void place(std::size_t i, std::unique_ptr<DelayedWork> w) noexcept {
+        w->heap_index = i;
+        delayed_[i] = std::move(w);
+    }
+    void sift_up(std::size_t i) noexcept {
+        while (i > 0) {
+            const std::size_t parent = (i - 1) / 2;
+            if (!earlier(*delayed_[i], *delayed_[parent])) break;
+            std::unique_ptr<DelayedWork> child = std::move(delayed_[i]);
+            place(i, std::move(delayed_[parent]));
+            place(parent, std::move(child));
+            i = parent;
+        }
+    }
+    void sift_down(std::size_t i) noexcept {
+        const std::size_t n = delayed_.size();
+        for (;;) {
+            std::size_t least = i;
+            for (std::size_t c : {2 * i + 1, 2 * i + 2}) {
+                if (c < n && earlier(*delayed_[c], *delayed_[least])) least = c;
+            }
+            if (least == i) return;
+            std::unique_ptr<DelayedWork> top = std::move(delayed_[i]);
+            place(i, std::move(delayed_[least]));
+            place(least, std::move(top));
+            i = least;
+        }
+    }
+    std::unique_ptr<DelayedWork> take_at(std::size_t i) noexcept {
+        std::unique_ptr<DelayedWork> out = std::move(delayed_[i]);
+        out->heap_index = DelayedWork::kNotQueued;
+        if (i + 1 != delayed_.size()) {
+            place(i, std::move(delayed_.back()));
+            delayed_.pop_back();
+            sift_down(i);
+            sift_up(i);
+        } else {
+            delayed_.pop_back();
+        }
+        return out;
     }
 
     bool has_work_locked() const noexcept {
@@ -511,11 +578,7 @@ private:
                 n_posted = 0;
                 if (!first && once) return done;
                 const auto now = clock_->now();
-                while (n_due < most && !delayed_.empty() && delayed_.front()->due <= now) {
-                    std::pop_heap(delayed_.begin(), delayed_.end(), later_first);
-                    due[n_due++] = std::move(delayed_.back());
-                    delayed_.pop_back();
-                }
+                while (n_due < most && !delayed_.empty() && delayed_.front()->due <= now) due[n_due++] = take_at(0);
                 while (n_due + n_posted < most && !ready_.empty()) {
                     --ready_.front()->channel->counters.queued;
                     posted[n_posted++] = std::move(ready_.front());

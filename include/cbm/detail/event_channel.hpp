@@ -258,8 +258,9 @@ public:
     void repoint_to(const E& event) noexcept { this->repoint(event); }
 
     SubscriptionRef<E> member;
-    Channel<E>* channel = nullptr;  // set when parked
-    Attempt<E> attempt;             // set when parked
+    Channel<E>* channel = nullptr;          // set when parked
+    Attempt<E> attempt;                     // set when parked
+    const DelayedWork* deadline = nullptr;  // its AckDeadline while that lives (under the core's mutex)
 
 private:
     void finish_parked(DeliveryStatus status) noexcept override { channel->finish_parked(*this, status); }
@@ -270,7 +271,10 @@ template <class E>
 class AckDeadline final : public DelayedWork {
 public:
     explicit AckDeadline(ParkedDelivery<E>* parked) noexcept : parked_(parked) { parked_->add_ref(); }
-    ~AckDeadline() override { parked_->release_ref(); }
+    ~AckDeadline() override {
+        parked_->channel->core().forget(&parked_->deadline);
+        parked_->release_ref();
+    }
     void run() noexcept override { parked_->settle(DeliveryStatus::timed_out); }
     void discard() noexcept override { parked_->settle(DeliveryStatus::timed_out); }
     bool live() const noexcept override { return parked_->status() == DeliveryStatus::pending; }
@@ -490,8 +494,11 @@ public:
             case DeliveryStatus::failed:
             case DeliveryStatus::pending: break;
         }
-        parked.attempt = Attempt<E>{};  // drop the envelope now
-        core().end_work();              // the parked work
+        // The deadline goes now, not when it is due: it holds the parked
+        // delivery, and with it the event (which Delivery copies may still
+        // read: the event goes with the last of them).
+        if (status != DeliveryStatus::timed_out) core().cancel(&parked.deadline);
+        core().end_work();  // the parked work
     }
 
     // Gives the event up for `member`'s route: the dead-letter handler.
@@ -787,9 +794,17 @@ private:
     // or deadline.
     void park(Attempt<E>&& a, Subscription<E>& member, IntrusiveRef<DeliveryStateBase, DeliveryStateOps> state) noexcept {
         auto* parked = static_cast<ParkedDelivery<E>*>(state.get());
+        // It cannot wait: failed, unless the handler's copy settled it first.
+        auto cannot_wait = [&](std::exception_ptr why) {
+            if (!parked->settle(DeliveryStatus::failed) && parked->status() == DeliveryStatus::acked) {
+                member.counters.acked.fetch_add(1, std::memory_order_relaxed);
+            } else {
+                give_up(a, member, std::move(why));
+            }
+        };
         std::exception_ptr why;
         if (!keep(a, member, why)) {
-            if (parked->settle(DeliveryStatus::failed)) give_up(a, member, why);
+            cannot_wait(why);
             return;
         }
         parked->repoint_to(*a.event);
@@ -798,21 +813,22 @@ private:
         try {
             deadline = std::make_unique<AckDeadline<E>>(parked);
         } catch (...) {
-            if (parked->settle(DeliveryStatus::failed)) give_up(a, member, std::current_exception());
+            cannot_wait(std::current_exception());
             return;
         }
         deadline->due = core().clock().now() +
                         std::chrono::duration_cast<std::chrono::steady_clock::duration>(member.ack_timeout);
         if (!a.kept) a.kept = share_route(a.route);
         parked->attempt = std::move(a);
+        parked->deadline = deadline.get();
         core().begin_work();  // ended by finish_parked
+        // Scheduled before the hand-over, so that a settlement made meanwhile
+        // finds the deadline to cancel; a deadline that fires first settles
+        // it as timed_out, which the hand-over then sees.
+        core().schedule(std::move(deadline));
         bool mine = false;
         const DeliveryStatus seen = parked->hand_over(mine);
-        if (seen == DeliveryStatus::pending) {
-            core().schedule(std::move(deadline));
-        } else if (mine) {
-            finish_parked(*parked, seen);  // settled while we parked it
-        }
+        if (mine) finish_parked(*parked, seen);  // settled while we parked it
     }
 
     static RouteRef share_route(RouteState* r) noexcept {
