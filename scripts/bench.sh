@@ -23,7 +23,7 @@ esac
 bash scripts/ensure-packages.sh g++ cmake ninja-build catch2 libbenchmark-dev python3 \
   libboost-dev libsigc++-3.0-dev pkg-config libasio-dev libconcurrentqueue-dev
 cmake --preset release -DCBM_BUILD_BENCHMARKS=ON >/dev/null
-cmake --build --preset release --target emit_bench churn_bench snapshot_bench contention_bench once_bench context_bench read_mostly_bench metrics_bench async_bench >&2
+cmake --build --preset release --target emit_bench churn_bench snapshot_bench contention_bench once_bench context_bench read_mostly_bench metrics_bench async_bench bus_bench >&2
 
 case "$mode" in
   full)  flags=(--benchmark_repetitions=9 --benchmark_min_time=0.2 --benchmark_report_aggregates_only=true) ;;
@@ -34,7 +34,7 @@ esac
 out=build/release/bench-results
 mkdir -p "$out"
 for bench in emit_bench churn_bench snapshot_bench contention_bench once_bench context_bench read_mostly_bench metrics_bench \
-             async_bench; do
+             async_bench bus_bench; do
   echo "== $bench ($mode)" >&2
   "build/release/bench/$bench" "${flags[@]}" --benchmark_format=json --benchmark_out="$out/$bench.json" \
     --benchmark_out_format=json >/dev/null

@@ -352,7 +352,7 @@ TEST_CASE("a failing delivery is redelivered after its backoff, then dead-letter
 
 TEST_CASE("a delivery that succeeds on a redelivery is acked and not dead-lettered", "[event_bus][redelivery]") {
     ManualClock clock;
-    EventBus bus({.clock = &clock});
+    EventBus bus({.metrics = true, .clock = &clock});
     Letters letters;
     bus.set_dead_letter_handler(std::ref(letters));
     int calls = 0;

@@ -221,7 +221,9 @@ public:
     void post(T&& event) {
         using E = std::remove_cvref_t<T>;
         detail::Channel<E>& channel = channel_for<E>();
-        auto* envelope = new detail::Envelope<E>(&channel, current_context(), core_->clock().now(), std::forward<T>(event));
+        // The clock is read only when queue waits are timed (metrics).
+        const auto posted = metrics_ ? core_->clock().now() : std::chrono::steady_clock::time_point{};
+        auto* envelope = new detail::Envelope<E>(&channel, current_context(), posted, std::forward<T>(event));
         core_->post(detail::EnvelopeRef::adopt(envelope));
     }
 

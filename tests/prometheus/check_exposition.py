@@ -33,7 +33,8 @@ def main():
     for expected in ("cbm_callback_invocations", "cbm_callback_failures", "cbm_callback_latency_seconds",
                      "cbm_callback_slow_calls", "cbm_callback_registered", "cbm_callback_series_dropped",
                      "cbm_async_callback_queue_wait_seconds", "cbm_pool_threads", "cbm_pool_queue_depth",
-                     "cbm_pool_busy_threads", "cbm_pool_rejected"):
+                     "cbm_pool_busy_threads", "cbm_pool_rejected", "cbm_bus_published", "cbm_bus_delivered",
+                     "cbm_bus_dead_lettered", "cbm_bus_queue_wait_seconds", "cbm_bus_queue_depth", "cbm_bus_subscribed"):
         if expected not in names:
             sys.exit(f"missing family {expected}; have {sorted(names)}")
     unnamed_orders = [c for c in callbacks if c[0] == "orders" and c[1] == ""]
@@ -49,6 +50,16 @@ def main():
     pools = {s.labels.get("pool") for f in families if f.name == "cbm_pool_threads" for s in f.samples}
     if pools != {"main", "other"}:
         sys.exit(f"the two pools' gauges must be told apart by their label: {pools}")
+    bus = {(s.labels.get("event"), s.labels.get("subscription"), s.labels.get("group"))
+           for f in families if f.name == "cbm_bus_delivered" for s in f.samples}
+    for expected in (('order "paid"', "billing-a", "billing"), ('order "paid"', "billing-b", "billing"),
+                     ("int", "picky", "")):
+        if expected not in bus:
+            sys.exit(f"bus subscription series {expected} missing; have {sorted(bus)}")
+    dead = [s.value for f in families if f.name == "cbm_bus_dead_lettered" for s in f.samples
+            if s.labels.get("subscription") == "picky"]
+    if dead != [1.0]:
+        sys.exit(f"the failed int event must be dead-lettered once: {dead}")
     print(f"parsed {len(families)} families, {len(seen)} unique series, {len(callbacks)} callbacks")
 
 

@@ -6,6 +6,7 @@
 // gauges told apart by a label. check_exposition.py parses it with the
 // reference Python parser.
 #include <cbm/callback_registry.hpp>
+#include <cbm/event_bus.hpp>
 #include <cbm/metrics.hpp>
 #include <cbm/thread_pool.hpp>
 
@@ -13,6 +14,12 @@
 #include <cstdio>
 #include <stdexcept>
 #include <string>
+
+// An event type that names itself, with a name that needs escaping.
+struct Paid {
+    static constexpr std::string_view event_name = "order \"paid\"";
+    int n;
+};
 
 int main() {
     using namespace std::chrono_literals;
@@ -35,7 +42,17 @@ int main() {
         cbm::GroupOptions{.metrics = true, .executor = pool.executor()});
     async_registry.add("async", [](int) {}, {.name = "queued"});
     for (int x : {1, 2, 3}) async_registry.trigger_async("async", x).wait();
-    const std::string text = cbm::to_prometheus(registry.metrics()) +
+    // An event bus: two types, a consumer group, a failure that is
+    // dead-lettered, a queue wait, and labels that need escaping.
+    cbm::EventBus bus({.metrics = true});
+    bus.subscribe<Paid>([](const Paid&) {}, {.name = "billing-a", .labels = {{"team", "pay"}}, .group = "billing"});
+    bus.subscribe<Paid>([](const Paid&) {}, {.name = "billing-b", .labels = {{"team", "pay"}}, .group = "billing"});
+    bus.subscribe<int>([](const int& n) { if (n < 0) throw std::runtime_error("negative"); }, {.name = "picky"});
+    bus.publish(Paid{1});
+    bus.post(Paid{2});
+    bus.post(-1);
+    bus.process();
+    const std::string text = cbm::to_prometheus(registry.metrics()) + cbm::to_prometheus(bus.metrics()) +
                              cbm::to_prometheus(async_registry.metrics(), "cbm_async_callback") +
                              cbm::to_prometheus(pool.metrics(), "cbm_pool", {{"pool", "main"}}) +
                              cbm::to_prometheus(other.metrics(), "cbm_pool", {{"pool", "other"}});

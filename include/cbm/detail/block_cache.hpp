@@ -45,16 +45,20 @@
 
 namespace cbm::detail {
 
-class BlockCache {
+// One size class: blocks of `BlockBytes` (header included), at most
+// `MaxOwned` of them per thread in the steady state. Each class has its own
+// caches.
+template <std::size_t BlockBytes, std::size_t MaxOwned>
+class BasicBlockCache {
 public:
-    static constexpr std::size_t kBlockBytes = 512;  // including the header
-    static constexpr std::size_t kMaxOwned = 256;    // blocks a thread keeps, out or cached, in the steady state
+    static constexpr std::size_t kBlockBytes = BlockBytes;  // including the header
+    static constexpr std::size_t kMaxOwned = MaxOwned;      // blocks a thread keeps, out or cached, in the steady state
 
     // A block for `n` bytes (aligned for std::max_align_t).
     static void* allocate(std::size_t n) {
 #if !defined(CBM_BLOCK_CACHE_OFF)
         if (n <= kBlockBytes - sizeof(Header)) {
-            if (BlockCache* cache = mine()) return cache->take() + 1;
+            if (BasicBlockCache* cache = mine()) return cache->take() + 1;
         }
 #endif
         auto* h = static_cast<Header*>(::operator new(sizeof(Header) + n));
@@ -64,7 +68,7 @@ public:
 
     static void deallocate(void* p) noexcept {
         Header* h = static_cast<Header*>(p) - 1;
-        BlockCache* owner = h->owner;
+        BasicBlockCache* owner = h->owner;
         if (owner == nullptr) {
             ::operator delete(h);
             return;
@@ -74,20 +78,20 @@ public:
 
 private:
     struct alignas(std::max_align_t) Header {
-        BlockCache* owner;
+        BasicBlockCache* owner;
         Header* next;
     };
 
     static constexpr std::uint64_t kOwnerBias = std::uint64_t{1} << 62;  // see the top
 
-    BlockCache() = default;
+    BasicBlockCache() = default;
 
     // This thread's cache (made on first use); null while the thread exits
     // or when none could be made. The pointer and the flag are trivially
     // destructible thread_locals, so they stay readable while other
     // thread_local destructors free blocks.
-    static BlockCache*& slot() noexcept {
-        thread_local BlockCache* cache = nullptr;
+    static BasicBlockCache*& slot() noexcept {
+        thread_local BasicBlockCache* cache = nullptr;
         return cache;
     }
     static bool& exited() noexcept {
@@ -96,16 +100,16 @@ private:
     }
     struct ExitHook {
         ~ExitHook() {
-            BlockCache* cache = slot();
+            BasicBlockCache* cache = slot();
             slot() = nullptr;
             exited() = true;
             if (cache != nullptr) cache->thread_exits();
         }
     };
-    static BlockCache* mine() noexcept {
-        BlockCache* cache = slot();
+    static BasicBlockCache* mine() noexcept {
+        BasicBlockCache* cache = slot();
         if (cache == nullptr && !exited()) {
-            cache = new (std::nothrow) BlockCache();
+            cache = new (std::nothrow) BasicBlockCache();
             if (cache != nullptr) {
                 thread_local ExitHook hook;  // registered once, with the first cache
                 (void)hook;
@@ -187,5 +191,8 @@ private:
     std::uint64_t out_ = 0;                     // owner only: taken, less those the owner freed
     std::size_t owned_ = 0;                     // owner only: blocks made, less those freed
 };
+
+// The shared states of trigger_async (async_dispatch.hpp).
+using BlockCache = BasicBlockCache<512, 256>;
 
 }  // namespace cbm::detail

@@ -31,6 +31,7 @@
 #include <stop_token>
 #include <string>
 #include <system_error>
+#include <thread>
 #include <utility>
 #include <vector>
 
@@ -42,6 +43,7 @@
 #include "../resilience.hpp"
 #include "../subscribe_options.hpp"
 #include "../thread_pool.hpp"
+#include "block_cache.hpp"
 #include "intrusive_ref.hpp"
 #include "resilience_state.hpp"
 #include "timer_service.hpp"
@@ -51,10 +53,19 @@ namespace cbm::detail {
 class BusCore;
 class ChannelBase;
 
+// Envelopes are made by the posting thread and freed by the delivering
+// one: blocks recycled per thread (block_cache.hpp) spare that pattern the
+// allocator's arena lock. An envelope larger than a block is allocated
+// plainly.
+using EnvelopeCache = BasicBlockCache<128, 1024>;
+
 // One posted event, shared by all its deliveries (counted). The event
 // itself lives in the derived Envelope<E>.
 class EnvelopeBase {
 public:
+    static void* operator new(std::size_t n) { return EnvelopeCache::allocate(n); }
+    static void operator delete(void* p) noexcept { EnvelopeCache::deallocate(p); }
+
     EnvelopeBase(ChannelBase* owner, Context ctx, std::chrono::steady_clock::time_point posted) noexcept
         : channel(owner), context(std::move(ctx)), posted_at(posted) {}
     EnvelopeBase(const EnvelopeBase&) = delete;
@@ -105,10 +116,46 @@ struct TypeCounters {
     std::atomic<std::uint64_t> published{0};  // publish() calls (metrics on)
     std::atomic<std::uint64_t> unrouted{0};   // events that found no subscription at all
     LatencyHistogram queue_wait_ns;           // post to the start of its delivery (metrics on)
+    // Events that left the queue (delivered or discarded), counted by the
+    // delivering thread once per run of events: posted - taken are queued.
+    std::atomic<std::uint64_t> taken{0};
     // Under the bus core's mutex (the queue's own lock, taken anyway):
     std::uint64_t posted = 0;    // post() calls that queued (or ran) the event
     std::uint64_t rejected = 0;  // post() calls refused: queue full or bus closed
-    std::uint64_t queued = 0;    // posted, waiting to be delivered now
+};
+
+// The posted events waiting, in posting order: a vector and the index of
+// its first live entry, so that a consumer takes every event with one swap
+// and a vector that has grown keeps its capacity (no allocation per event
+// in the steady state). Under the core's mutex.
+class PostedQueue {
+public:
+    std::size_t size() const noexcept { return items_.size() - head_; }
+    bool empty() const noexcept { return size() == 0; }
+    void push(EnvelopeRef&& e) { items_.push_back(std::move(e)); }
+    EnvelopeRef take_front() noexcept {
+        EnvelopeRef e = std::move(items_[head_++]);
+        if (head_ == items_.size()) reset();
+        return e;
+    }
+    // Appends every waiting event to `out` (cheapest when `out` is empty).
+    void take_all(std::vector<EnvelopeRef>& out) {
+        if (head_ == 0 && out.empty()) {
+            out.swap(items_);
+        } else {
+            out.insert(out.end(), std::make_move_iterator(items_.begin() + static_cast<std::ptrdiff_t>(head_)),
+                       std::make_move_iterator(items_.end()));
+        }
+        reset();
+    }
+
+private:
+    void reset() noexcept {
+        items_.clear();
+        head_ = 0;
+    }
+    std::vector<EnvelopeRef> items_;
+    std::size_t head_ = 0;
 };
 
 // The type-erased side of Channel<E>.
@@ -119,9 +166,10 @@ public:
     ChannelBase& operator=(const ChannelBase&) = delete;
     virtual ~ChannelBase() = default;
 
-    // Delivers a posted event to every subscription (on the calling thread,
-    // or by handing subscriptions with an executor to it). No lock held.
-    virtual void deliver_posted(EnvelopeRef envelope) noexcept = 0;
+    // Delivers posted events (in order, all of this channel) to every
+    // subscription, on the calling thread or by handing subscriptions with
+    // an executor to it. No lock held. The caller keeps the references.
+    virtual void deliver_posted(EnvelopeRef* envelopes, std::size_t count) noexcept = 0;
     // A posted event the bus will never deliver (closed): dead-letter it.
     virtual void discard_posted(EnvelopeRef envelope, std::exception_ptr why) noexcept = 0;
 
@@ -195,6 +243,7 @@ public:
     // (errc::bus_closed); nothing is queued then.
     void post(EnvelopeRef envelope) {
         ChannelBase& channel = *envelope->channel;
+        bool wake = false;
         {
             std::unique_lock<std::mutex> lock(mutex_);
             for (;;) {
@@ -211,10 +260,11 @@ public:
                     ++outstanding_;
                     ++delivering_;
                     ++channel.counters.posted;
+                    channel.counters.taken.fetch_add(1, std::memory_order_relaxed);
                     lock.unlock();
                     {
                         DeliveringScope scope(*this);
-                        deliver_now(std::move(envelope));
+                        deliver_now(&envelope, 1);
                     }
                     lock.lock();
                     finish_batch_locked(1);
@@ -224,13 +274,15 @@ public:
                 room_.wait(lock);
                 --blocked_producers_;
             }
-            ready_.push_back(std::move(envelope));
+            ready_.push(std::move(envelope));  // (bad_alloc: nothing queued, nothing counted)
+            ready_hint_.store(ready_.size(), std::memory_order_relaxed);
             ++outstanding_;
             ++channel.counters.posted;
-            ++channel.counters.queued;
-            if (sleeping_consumers_ != 0) work_.notify_one();
+            wake = sleeping_consumers_ != 0;
             if (executor_) ++pumps_outstanding_;
         }
+        // Outside the lock, so that the woken consumer does not find it held.
+        if (wake) work_.notify_one();
         if (executor_) submit_pump();
     }
 
@@ -283,6 +335,12 @@ public:
         });
         for (;;) {
             done += process();
+            // Look for new events a little while before sleeping (a relaxed
+            // hint, decided again under the lock): a busy bus then feeds its
+            // consumer without a system call per event.
+            for (int spin = 0; spin < kSpinsBeforeSleep && ready_hint_.load(std::memory_order_relaxed) == 0; ++spin) {
+                std::this_thread::yield();
+            }
             std::unique_lock<std::mutex> lock(mutex_);
             if (closed_ || ctx.canceled()) return done;
             if (has_work_locked()) continue;
@@ -328,7 +386,7 @@ public:
     // and every waiting redelivery, and times out every parked delivery.
     // Idempotent.
     void close() noexcept {
-        std::deque<EnvelopeRef> ready;
+        std::vector<EnvelopeRef> ready;
         std::vector<std::unique_ptr<DelayedWork>> delayed;
         {
             std::unique_lock<std::mutex> lock(mutex_);
@@ -338,7 +396,12 @@ public:
             // A handler of this bus that closes it waits for the others only.
             const std::size_t mine = delivering_here() ? 1 : 0;
             idle_.wait(lock, [&] { return delivering_ <= mine; });
-            ready.swap(ready_);
+            try {
+                ready_.take_all(ready);
+            } catch (...) {  // no memory to move them: deliver none, dead-letter them where they are
+                while (!ready_.empty()) ready.push_back(ready_.take_front());
+            }
+            ready_hint_.store(0, std::memory_order_relaxed);
             delayed.swap(delayed_);
             for (auto& w : delayed) w->heap_index = DelayedWork::kNotQueued;
         }
@@ -347,10 +410,7 @@ public:
             std::make_exception_ptr(std::system_error(make_error_code(errc::bus_closed), "cbm::EventBus closed"));
         for (EnvelopeRef& envelope : ready) {
             ChannelBase* channel = envelope->channel;
-            {
-                std::lock_guard<std::mutex> lock(mutex_);
-                --channel->counters.queued;
-            }
+            channel->counters.taken.fetch_add(1, std::memory_order_relaxed);
             channel->discard_posted(std::move(envelope), why);
             end_work();
         }
@@ -441,7 +501,9 @@ public:
     };
     TypeCounts type_counts(const ChannelBase& channel) const {
         std::lock_guard<std::mutex> lock(mutex_);
-        return {channel.counters.posted, channel.counters.rejected, channel.counters.queued};
+        const std::uint64_t taken = channel.counters.taken.load(std::memory_order_relaxed);
+        return {channel.counters.posted, channel.counters.rejected,
+                channel.counters.posted > taken ? channel.counters.posted - taken : 0};
     }
 
     // True while this thread delivers an event of this bus (a handler runs).
@@ -546,6 +608,7 @@ private:
     }
 
     static constexpr std::size_t kBatch = 64;
+    static constexpr int kSpinsBeforeSleep = 64;
 
     // Under mutex_: the end of a batch of deliveries that held `posted`
     // posted events (now settled or handed over).
@@ -567,7 +630,7 @@ private:
     // batch only when `once`. Returns how many things it delivered.
     std::size_t deliver_here(std::size_t most, bool once) noexcept {
         std::array<std::unique_ptr<DelayedWork>, kBatch> due;
-        std::array<EnvelopeRef, kBatch> posted;
+        std::vector<EnvelopeRef> posted;  // the spare buffer, taken under the lock
         std::size_t done = 0;
         std::size_t n_posted = 0;
         for (bool first = true;; first = false) {
@@ -576,15 +639,36 @@ private:
                 std::lock_guard<std::mutex> lock(mutex_);
                 if (!first) finish_batch_locked(n_posted);
                 n_posted = 0;
-                if (!first && once) return done;
-                const auto now = clock_->now();
-                while (n_due < most && !delayed_.empty() && delayed_.front()->due <= now) due[n_due++] = take_at(0);
-                while (n_due + n_posted < most && !ready_.empty()) {
-                    --ready_.front()->channel->counters.queued;
-                    posted[n_posted++] = std::move(ready_.front());
-                    ready_.pop_front();
+                const bool stop = !first && once;
+                if (!stop) {
+                    if (!delayed_.empty()) {  // the clock is read only when something waits
+                        const auto now = clock_->now();
+                        while (n_due < kBatch && n_due < most && !delayed_.empty() && delayed_.front()->due <= now) {
+                            due[n_due++] = take_at(0);
+                        }
+                    }
+                    if (n_due < most && !ready_.empty()) {
+                        if (posted.capacity() == 0) posted.swap(spare_);
+                        if (most == 1) {
+                            try {
+                                posted.push_back(ready_.take_front());
+                            } catch (...) {  // (cannot fail: the spare has room)
+                            }
+                        } else {
+                            try {
+                                ready_.take_all(posted);
+                            } catch (...) {  // no memory to move them: one at a time
+                                if (posted.size() < posted.capacity()) posted.push_back(ready_.take_front());
+                            }
+                        }
+                        n_posted = posted.size();
+                        ready_hint_.store(ready_.size(), std::memory_order_relaxed);
+                    }
                 }
-                if (n_due + n_posted == 0) return done;
+                if (n_due + n_posted == 0) {
+                    if (spare_.capacity() < posted.capacity()) spare_.swap(posted);  // keep the bigger buffer
+                    return done;
+                }
                 ++delivering_;
                 if (n_posted != 0 && blocked_producers_ != 0) room_.notify_all();
             }
@@ -593,20 +677,33 @@ private:
                 due[i]->run();
                 due[i].reset();
             }
-            for (std::size_t i = 0; i < n_posted; ++i) deliver_now(std::move(posted[i]));
+            // Runs of events of one channel go together (its routes are
+            // loaded once per run).
+            for (std::size_t i = 0; i < n_posted;) {
+                std::size_t end = i + 1;
+                while (end < n_posted && posted[end]->channel == posted[i]->channel) ++end;
+                ChannelBase* channel = posted[i]->channel;
+                deliver_now(&posted[i], end - i);
+                channel->counters.taken.fetch_add(end - i, std::memory_order_relaxed);
+                i = end;
+            }
+            posted.clear();  // frees the envelopes; keeps the capacity
             done += n_due + n_posted;
         }
     }
 
-    // Precondition: a DeliveringScope of this core is active.
-    void deliver_now(EnvelopeRef envelope) noexcept {
-        ChannelBase* channel = envelope->channel;
+    // Precondition: a DeliveringScope of this core is active; every
+    // envelope is of one channel.
+    void deliver_now(EnvelopeRef* envelopes, std::size_t count) noexcept {
+        ChannelBase* channel = envelopes[0]->channel;
         if (metrics_) {
-            const auto waited = clock_->now() - envelope->posted_at;
-            channel->counters.queue_wait_ns.record(
-                static_cast<std::uint64_t>(std::max<std::int64_t>(0, std::chrono::nanoseconds(waited).count())));
+            const auto now = clock_->now();
+            for (std::size_t i = 0; i < count; ++i) {
+                const auto waited = std::chrono::nanoseconds(now - envelopes[i]->posted_at).count();
+                channel->counters.queue_wait_ns.record(static_cast<std::uint64_t>(std::max<std::int64_t>(0, waited)));
+            }
         }
-        channel->deliver_posted(std::move(envelope));
+        channel->deliver_posted(envelopes, count);
     }
 
     void wait_for_work_locked(std::unique_lock<std::mutex>& lock) {
@@ -715,7 +812,9 @@ private:
     std::condition_variable work_;  // consumers: something to deliver, or closed
     std::condition_variable room_;  // blocked producers: room in the queue, or closed
     std::condition_variable idle_;  // drain() and close(): outstanding or delivering went down
-    std::deque<EnvelopeRef> ready_;                      // posted, in posting order
+    PostedQueue ready_;                                  // posted, in posting order
+    std::vector<EnvelopeRef> spare_;                     // an empty buffer with capacity, for the next consumer
+    std::atomic<std::size_t> ready_hint_{0};             // ready_.size(), stored under mutex_, read as a hint
     std::vector<std::unique_ptr<DelayedWork>> delayed_;  // a min-heap on (due, seq)
     std::uint64_t next_seq_ = 0;
     std::size_t outstanding_ = 0;

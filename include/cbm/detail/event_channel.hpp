@@ -26,6 +26,7 @@
 #include <functional>
 #include <memory>
 #include <mutex>
+#include <optional>
 #include <span>
 #include <stdexcept>
 #include <string>
@@ -148,6 +149,13 @@ public:
                            std::exception_ptr& error, IntrusiveRef<DeliveryStateBase, DeliveryStateOps>& state) {
         DeliveryArg<E> arg{&event, delivery, this};
         TriggerResult r = ctx != nullptr ? inner.trigger(*ctx, arg) : inner.trigger(arg);
+        return classify(r, arg, result, error, state);
+    }
+
+    // What the trigger `r` of an attempt (with `arg`) came to; adds its
+    // numbers to `result` when given.
+    AttemptOutcome classify(TriggerResult& r, DeliveryArg<E>& arg, TriggerResult* result, std::exception_ptr& error,
+                            IntrusiveRef<DeliveryStateBase, DeliveryStateOps>& state) {
         for (const Failure& f : r.failures) core_of_channel->report_failure(f);
         const bool invoked = r.invoked != 0;
         const bool failed = r.failed != 0;
@@ -164,7 +172,7 @@ public:
             if (inner.empty()) return AttemptOutcome::gone;
             return AttemptOutcome::circuit_open;
         }
-        counters.delivered.fetch_add(1, std::memory_order_relaxed);
+        if (core_of_channel->metrics_on()) counters.delivered.fetch_add(1, std::memory_order_relaxed);
         if (failed) {
             if (state) state->settle(DeliveryStatus::failed);
             return AttemptOutcome::failed;
@@ -236,7 +244,11 @@ SubscriptionRef<E> share(Subscription<E>* s) noexcept {
 template <class E>
 struct Attempt {
     const E* event = nullptr;
-    EnvelopeRef envelope = {};      // null for a published event until it must outlive publish()
+    // The posted event's envelope (null for a published event until it must
+    // outlive publish()): borrowed while the delivering thread holds it,
+    // owned (`owned`) once the attempt waits or moves to another thread.
+    EnvelopeBase* envelope = nullptr;
+    EnvelopeRef owned = {};
     // The route: pinned by the channel's view while the attempt runs; owned
     // (`kept`) once the attempt waits (a redelivery, a parked delivery).
     RouteState* route = nullptr;
@@ -395,12 +407,44 @@ public:
         publish_view(std::move(next));
     }
 
+    // A first attempt made already (deliver_route's fast path), for
+    // deliver_members to conclude.
+    struct Made {
+        TriggerResult result;
+        DeliveryArg<E> arg;
+    };
+
     // ---- publish ---------------------------------------------------------------
 
     TriggerResult publish(const E& event) {
         if (core().metrics_on()) counters.published.fetch_add(1, std::memory_order_relaxed);
-        TriggerResult result;
         auto view = routes_.load();
+        if (view->size() == 1 && view->front().members.size() == 1) {
+            // One subscription alone: its trigger's result is the answer,
+            // unless it did anything but take the event and return.
+            // (One named result, returned on every path: it is built in
+            // place, never moved field by field.)
+            const Route& route = view->front();
+            Subscription<E>& m = *route.members.front();
+            DeliveryArg<E> arg{&event, 1, &m};
+            TriggerResult r = m.inner.trigger(arg);
+            if (r.invoked == 1 && r.failed == 0 && !arg.state) [[likely]] {
+                if (core().metrics_on()) {
+                    m.counters.delivered.fetch_add(1, std::memory_order_relaxed);
+                    m.counters.acked.fetch_add(1, std::memory_order_relaxed);
+                }
+            } else {
+                Made made{std::move(r), std::move(arg)};
+                r = TriggerResult{};
+                Attempt<E> a;
+                a.event = &event;
+                a.route = route.state.get();
+                a.result = &r;
+                deliver_members(std::span<const SubscriptionRef<E>>(route.members), 0, 1, std::move(a), nullptr, &made);
+            }
+            return r;
+        }
+        TriggerResult result;
         for (const Route& route : *view) {
             Attempt<E> a;
             a.event = &event;
@@ -413,24 +457,27 @@ public:
 
     // ---- queued ----------------------------------------------------------------
 
-    void deliver_posted(EnvelopeRef envelope) noexcept override {
-        auto view = routes_.load();
-        if (view->empty()) {
-            counters.unrouted.fetch_add(1, std::memory_order_relaxed);
-            return;
+    void deliver_posted(EnvelopeRef* envelopes, std::size_t count) noexcept override {
+        auto view = routes_.load();  // once for the whole run of events
+        for (std::size_t i = 0; i < count; ++i) {
+            EnvelopeBase* envelope = envelopes[i].get();
+            if (view->empty()) {
+                counters.unrouted.fetch_add(1, std::memory_order_relaxed);
+                continue;
+            }
+            const E& event = static_cast<const Envelope<E>&>(*envelope).event;
+            bool reached = false;
+            for (const Route& route : *view) {
+                Attempt<E> a;
+                a.event = &event;
+                a.envelope = envelope;
+                a.route = route.state.get();
+                a.queued = true;
+                reached = deliver_route(route, std::move(a)) || reached;
+            }
+            // Every subscription went before it came (not yet pruned).
+            if (!reached) counters.unrouted.fetch_add(1, std::memory_order_relaxed);
         }
-        const E& event = static_cast<const Envelope<E>&>(*envelope).event;
-        bool reached = false;
-        for (const Route& route : *view) {
-            Attempt<E> a;
-            a.event = &event;
-            a.envelope = envelope;
-            a.route = route.state.get();
-            a.queued = true;
-            reached = deliver_route(route, std::move(a)) || reached;
-        }
-        // Every subscription went before it came (not yet pruned).
-        if (!reached) counters.unrouted.fetch_add(1, std::memory_order_relaxed);
     }
 
     void discard_posted(EnvelopeRef envelope, std::exception_ptr why) noexcept override {
@@ -444,7 +491,7 @@ public:
             if (route.members.empty()) continue;
             Attempt<E> a;
             a.event = &event;
-            a.envelope = envelope;
+            a.envelope = envelope.get();
             a.route = route.state.get();
             give_up(a, *route.members.front(), why);
         }
@@ -473,7 +520,7 @@ public:
         Subscription<E>& member = *parked.member;
         switch (status) {
             case DeliveryStatus::acked:
-                member.counters.acked.fetch_add(1, std::memory_order_relaxed);
+                if (core().metrics_on()) member.counters.acked.fetch_add(1, std::memory_order_relaxed);
                 break;
             case DeliveryStatus::nacked:
                 member.counters.nacked.fetch_add(1, std::memory_order_relaxed);
@@ -603,6 +650,27 @@ private:
     bool deliver_route(const Route& route, Attempt<E>&& a) noexcept {
         const std::size_t n = route.members.size();
         if (n == 0) return false;
+        if (n == 1 && a.delivery == 1 && !(a.queued && route.members.front()->executor)) {
+            // The common case, a subscription alone that takes a first
+            // delivery and returns: one trigger, nothing else.
+            Subscription<E>& m = *route.members.front();
+            std::optional<Made> made;
+            try {
+                made.emplace(Made{TriggerResult{}, DeliveryArg<E>{a.event, 1, &m}});
+                made->result = a.queued ? m.inner.trigger(a.envelope->context, made->arg) : m.inner.trigger(made->arg);
+            } catch (...) {  // no memory for a result: the general path tries again
+                made.reset();
+            }
+            if (made && made->result.invoked == 1 && made->result.failed == 0 && !made->arg.state) [[likely]] {
+                if (core().metrics_on()) {
+                    m.counters.delivered.fetch_add(1, std::memory_order_relaxed);
+                    m.counters.acked.fetch_add(1, std::memory_order_relaxed);
+                }
+                if (a.result != nullptr) Subscription<E>::merge(*a.result, std::move(made->result));
+                return true;
+            }
+            if (made) return deliver_members(std::span<const SubscriptionRef<E>>(route.members), 0, 1, std::move(a), nullptr, &*made);
+        }
         return deliver_members(std::span<const SubscriptionRef<E>>(route.members), first_member(route, a), n, std::move(a),
                         nullptr);
     }
@@ -612,7 +680,7 @@ private:
     // handed to its executor again).
     // Returns: false if every member tried was gone.
     bool deliver_members(std::span<const SubscriptionRef<E>> members, std::size_t start, std::size_t count,
-                         Attempt<E>&& a, const Subscription<E>* on) noexcept {
+                         Attempt<E>&& a, const Subscription<E>* on, Made* made = nullptr) noexcept {
         const std::size_t n = members.size();
         Subscription<E>* skipped_by = nullptr;
         bool filtered = false;
@@ -628,15 +696,19 @@ private:
             if (a.delivery > 1) m.counters.redelivered.fetch_add(1, std::memory_order_relaxed);
             AttemptOutcome outcome;
             try {
-                outcome = m.attempt(*a.event, a.delivery, a.queued ? &a.envelope->context : nullptr, a.result, error,
-                                    state);
+                if (i == 0 && made != nullptr) {
+                    outcome = m.classify(made->result, made->arg, a.result, error, state);
+                } else {
+                    outcome = m.attempt(*a.event, a.delivery, a.queued ? &a.envelope->context : nullptr, a.result,
+                                        error, state);
+                }
             } catch (...) {  // no memory for the result: count it as the attempt's failure
                 error = std::current_exception();
                 outcome = AttemptOutcome::failed;
             }
             switch (outcome) {
                 case AttemptOutcome::acked:
-                    m.counters.acked.fetch_add(1, std::memory_order_relaxed);
+                    if (core().metrics_on()) m.counters.acked.fetch_add(1, std::memory_order_relaxed);
                     return true;
                 case AttemptOutcome::failed:
                     m.counters.failed.fetch_add(1, std::memory_order_relaxed);
@@ -726,6 +798,11 @@ private:
             retry_or_give_up(a, m, {}, false, std::current_exception());
             return;
         }
+        std::exception_ptr why;
+        if (!keep(a, m, why)) {
+            retry_or_give_up(a, m, {}, false, why);
+            return;
+        }
         core().begin_work();
         Hop hop(this, std::move(rest), count, std::move(a));
         try {
@@ -770,11 +847,17 @@ private:
     // an envelope of its own. False if it cannot (a type that cannot be
     // copied; `why` then says so).
     bool keep(Attempt<E>& a, Subscription<E>&, std::exception_ptr& why) noexcept {
-        if (a.envelope) return true;
+        if (a.owned) return true;
+        if (a.envelope != nullptr) {
+            a.envelope->add_ref();
+            a.owned = EnvelopeRef::adopt(a.envelope);
+            return true;
+        }
         if constexpr (std::is_copy_constructible_v<E>) {
             try {
                 auto* envelope = new Envelope<E>(this, current_context(), core().clock().now(), *a.event);
-                a.envelope = EnvelopeRef::adopt(envelope);
+                a.owned = EnvelopeRef::adopt(envelope);
+                a.envelope = envelope;
                 a.event = &envelope->event;
                 a.queued = true;
                 return true;
@@ -797,7 +880,7 @@ private:
         // It cannot wait: failed, unless the handler's copy settled it first.
         auto cannot_wait = [&](std::exception_ptr why) {
             if (!parked->settle(DeliveryStatus::failed) && parked->status() == DeliveryStatus::acked) {
-                member.counters.acked.fetch_add(1, std::memory_order_relaxed);
+                if (core().metrics_on()) member.counters.acked.fetch_add(1, std::memory_order_relaxed);
             } else {
                 give_up(a, member, std::move(why));
             }
