@@ -201,8 +201,9 @@ public:
           metrics_(options.metrics),
           clock_(options.clock != nullptr ? options.clock : &steady_resilience_clock()) {
         if (capacity_ == 0) throw std::invalid_argument("cbm::EventBus: queue_capacity must be at least 1");
+        timer_.core = this;
         timer_.expire = [](TimerEntry* entry) noexcept {
-            BusCore* core = reinterpret_cast<BusCore*>(reinterpret_cast<char*>(entry) - offsetof(BusCore, timer_));
+            BusCore* core = static_cast<CoreTimer*>(entry)->core;
             core->on_timer();
             core->release_ref();  // the armed timer's reference
         };
@@ -828,7 +829,12 @@ private:
     std::shared_ptr<const DeadLetterHandler> dead_letter_handler_;
     std::shared_ptr<const ErrorHandler> error_handler_;
 
-    TimerEntry timer_;
+    // The timer's entry knows its core (no offsetof: BusCore is not
+    // standard-layout).
+    struct CoreTimer : TimerEntry {
+        BusCore* core = nullptr;
+    };
+    CoreTimer timer_;
     std::atomic<std::uint32_t> refs_{1};
 };
 
