@@ -85,7 +85,7 @@ public:
 
     // True once acked, nacked, failed or timed out.
     bool settled() const noexcept { return state_->status() != detail::DeliveryStatus::pending; }
-    bool acked() const noexcept { return state_->status() == detail::DeliveryStatus::acked; }
+    bool acked() const noexcept { return state_->final_status() == detail::DeliveryStatus::acked; }
 
     // ------------------------------------------------------------------
     // End of public interface. Implementation details follow.

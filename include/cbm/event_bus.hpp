@@ -135,7 +135,7 @@ public:
     // thread calls publish() or subscribe() meanwhile.
     ~EventBus() {
         core_->close();
-        for (auto& channel : channels_) channel.reset();
+        core_->end_subscriptions();
         delete table_.load(std::memory_order_relaxed);
     }
 
@@ -285,7 +285,7 @@ public:
         std::vector<detail::ChannelBase*> channels;
         {
             std::lock_guard<std::mutex> lock(mutex_);
-            for (const auto& c : channels_) channels.push_back(c.get());
+            channels = channels_;
         }
         for (detail::ChannelBase* c : channels) out.types.push_back(type_metrics_[c](*c));
         return out;
@@ -334,8 +334,9 @@ private:
             table_.store(table, std::memory_order_release);
         }
         detail::Channel<E>* raw = channel.get();
+        core_->adopt_channel(std::move(channel));  // (bad_alloc: nothing changed but the reservations)
         type_metrics_.emplace(raw, &metrics_of<E>);
-        channels_.push_back(std::move(channel));
+        channels_.push_back(raw);
         table->slots[index].store(raw, std::memory_order_release);
         return *raw;
     }
@@ -408,7 +409,7 @@ private:
     std::atomic<Table*> table_;
     std::atomic<std::uint64_t> next_order_{0};
     mutable std::mutex mutex_;  // channel creation; channels_, old_tables_, type_metrics_
-    std::vector<std::unique_ptr<detail::ChannelBase>> channels_;
+    std::vector<detail::ChannelBase*> channels_;  // owned by the core (tasks may outlive the bus)
     std::vector<std::unique_ptr<Table>> old_tables_;
     mutable std::unordered_map<const detail::ChannelBase*, EventTypeMetrics (*)(detail::ChannelBase&)> type_metrics_;
 };

@@ -12,8 +12,13 @@
 // waits for that count to reach zero.
 //
 // Lifetime: the core is counted. The EventBus holds one reference, and so
-// does every task handed to an executor and the timer while it is armed, so
-// a task that runs after the bus is gone finds the core closed, not freed.
+// does every task handed to an executor, the timer while it is armed, and a
+// parked delivery, so a task that runs after the bus is gone finds the core
+// closed, not freed. The core owns the channels (per event type), so they
+// too outlive every task; the EventBus ends their subscriptions when it goes.
+// Work handed to a subscription's own executor is registered with the core
+// until its task claims it, so close() concludes (dead-letters) what such an
+// executor has not run yet, and the task, run later, does nothing.
 #pragma once
 
 #include <algorithm>
@@ -111,6 +116,48 @@ public:
     std::size_t heap_index = kNotQueued;  // under the core's mutex
 };
 
+// Work handed to an executor that is not the bus's own (a subscription's):
+// registered with the core while its task waits. Exactly one of these
+// happens to it, decided under the core's mutex by who claims it first: its
+// task runs it, or its task is dropped unrun (or refused) and it is
+// discarded, or close() discards it. Counted: the task holds a reference,
+// and whoever claims it holds one while concluding it.
+class HandedWork {
+public:
+    HandedWork() = default;
+    HandedWork(const HandedWork&) = delete;
+    HandedWork& operator=(const HandedWork&) = delete;
+
+    // By its task, as a delivery of the bus (no lock held).
+    virtual void run() noexcept = 0;
+    // Instead of run() (no lock held): `closing` when close() discards it
+    // (dead-letter it: errc::bus_closed), else its task was refused or
+    // dropped unrun, with `why`.
+    virtual void discard(bool closing, std::exception_ptr why) noexcept = 0;
+
+    void add_ref() noexcept { refs_.fetch_add(1, std::memory_order_relaxed); }
+    void release_ref() noexcept {
+        if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
+    }
+
+protected:
+    virtual ~HandedWork() = default;
+
+private:
+    friend class BusCore;
+    HandedWork* prev_ = nullptr;  // the core's list of registered work (under its mutex)
+    HandedWork* next_ = nullptr;
+    bool linked_ = false;
+    bool dropped_in_submit_ = false;  // its task was destroyed inside execute() (the submitting thread's)
+    std::atomic<std::uint32_t> refs_{1};
+};
+
+struct HandedWorkOps {
+    static void add_ref(HandedWork* w) noexcept { w->add_ref(); }
+    static void release_ref(HandedWork* w) noexcept { w->release_ref(); }
+};
+using HandedRef = IntrusiveRef<HandedWork, HandedWorkOps>;
+
 // Per-event-type counts (in ChannelBase).
 struct TypeCounters {
     std::atomic<std::uint64_t> published{0};  // publish() calls (metrics on)
@@ -172,6 +219,8 @@ public:
     virtual void deliver_posted(EnvelopeRef* envelopes, std::size_t count) noexcept = 0;
     // A posted event the bus will never deliver (closed): dead-letter it.
     virtual void discard_posted(EnvelopeRef envelope, std::exception_ptr why) noexcept = 0;
+    // Ends every subscription (as unregister() does), when the EventBus goes.
+    virtual void end_subscriptions() noexcept = 0;
 
     const std::string& type_name() const noexcept { return type_name_; }
     BusCore& core() const noexcept { return *core_; }
@@ -308,7 +357,7 @@ public:
                 raw->heap_index = delayed_.size() - 1;
                 sift_up(raw->heap_index);
                 if (sleeping_consumers_ != 0) work_.notify_all();
-                arm = executor_ && delayed_.front().get() == raw;  // the new earliest
+                arm = executor_ && raw->due < timer_armed_for_;  // sooner than the timer fires
             }
         }
         if (work) {  // closed: not moved into the heap
@@ -363,10 +412,15 @@ public:
             throw std::logic_error("cbm::EventBus::drain: called from inside a delivery of this bus, which it would wait for");
         }
         for (;;) {
-            if (!executor_ || pumps_lost()) process();
             std::unique_lock<std::mutex> lock(mutex_);
             if (outstanding_ == 0) return;
-            if ((!executor_ || pumps_outstanding_ == 0) && has_work_locked()) continue;
+            if ((!executor_ || pumps_outstanding_ == 0) && has_work_locked()) {
+                // No task of the executor will deliver it (none is on its
+                // way: refused, dropped, or the timer has not fired yet).
+                lock.unlock();
+                process();
+                continue;
+            }
             if (!executor_) {
                 ++sleeping_consumers_;
                 ++draining_;
@@ -382,21 +436,37 @@ public:
     }
 
     // Effect: takes no more posts (they throw errc::bus_closed), wakes run()
-    // and blocked posters, waits until no delivery runs on another thread,
-    // then dead-letters (errc::bus_closed) every posted event not delivered
-    // and every waiting redelivery, and times out every parked delivery.
-    // Idempotent.
+    // and blocked posters, waits until no delivery of queued work runs on
+    // another thread (a publish() in progress is not waited for), then
+    // dead-letters (errc::bus_closed) every posted event not delivered,
+    // every waiting redelivery and every delivery handed to a
+    // subscription's executor that has not started, and times out every
+    // parked delivery. Idempotent; several threads may close at once.
     void close() noexcept {
         std::vector<EnvelopeRef> ready;
         std::vector<std::unique_ptr<DelayedWork>> delayed;
+        HandedWork* handed = nullptr;
         {
             std::unique_lock<std::mutex> lock(mutex_);
             closed_ = true;
             work_.notify_all();
             room_.notify_all();
-            // A handler of this bus that closes it waits for the others only.
-            const std::size_t mine = delivering_here() ? 1 : 0;
-            idle_.wait(lock, [&] { return delivering_ <= mine; });
+            // A handler of this bus that closes it (perhaps nested in
+            // several deliveries) waits for the others only; so does each of
+            // several closers that are handlers.
+            const std::size_t mine = deliveries_here();
+            closing_deliveries_ += mine;
+            ++closers_;
+            idle_.notify_all();
+            idle_.wait(lock, [&] { return delivering_ <= closing_deliveries_; });
+            closing_deliveries_ -= mine;
+            --closers_;
+            // The handed work not claimed yet is this closer's to discard.
+            for (HandedWork* w = handed_; w != nullptr; w = w->next_) {
+                w->add_ref();
+                w->linked_ = false;
+            }
+            handed = std::exchange(handed_, nullptr);
             try {
                 ready_.take_all(ready);
             } catch (...) {  // no memory to move them: deliver none, dead-letter them where they are
@@ -406,7 +476,10 @@ public:
             delayed.swap(delayed_);
             for (auto& w : delayed) w->heap_index = DelayedWork::kNotQueued;
         }
-        if (TimerService::shared().remove(&timer_)) release_ref();
+        {
+            std::lock_guard<std::mutex> timer_lock(timer_mutex_);  // arm_timer() sees closed_ under it
+            if (TimerService::shared().remove(&timer_)) release_ref();
+        }
         const std::exception_ptr why =
             std::make_exception_ptr(std::system_error(make_error_code(errc::bus_closed), "cbm::EventBus closed"));
         for (EnvelopeRef& envelope : ready) {
@@ -416,6 +489,54 @@ public:
             end_work();
         }
         for (auto& work : delayed) work->discard();
+        while (handed != nullptr) {
+            HandedRef work = HandedRef::adopt(handed);  // the reference taken above
+            handed = handed->next_;
+            work->discard(true, why);
+            end_work();
+        }
+    }
+
+    // ---- work handed to other executors -------------------------------------
+
+    // Effect: registers `work` (outstanding until it concludes) and hands a
+    // task for it to `executor`. When the bus is closed it is discarded
+    // here instead, as by close(); when `executor` refuses the task (throws)
+    // or destroys it inside execute(), discarded here with that error.
+    void hand_to(const AnyExecutor& executor, HandedRef work) noexcept {
+        {
+            std::unique_lock<std::mutex> lock(mutex_);
+            if (closed_) {
+                lock.unlock();
+                work->discard(true, std::make_exception_ptr(std::system_error(make_error_code(errc::bus_closed),
+                                                                                "cbm::EventBus closed")));
+                return;
+            }
+            ++outstanding_;
+            work->linked_ = true;
+            work->prev_ = nullptr;
+            work->next_ = handed_;
+            if (handed_ != nullptr) handed_->prev_ = work.get();
+            handed_ = work.get();
+        }
+        HandedRef kept = work;  // alive for a refusal, whoever else lets it go
+        std::exception_ptr refused;
+        SubmittingScope submitting(kept.get());
+        try {
+            detail::execute_on(executor, Task(HandedTask(this, std::move(work))));
+        } catch (...) {
+            refused = std::current_exception();
+        }
+        submitting.end();
+        if (!refused && !kept->dropped_in_submit_) return;
+        if (!claim_handed(kept.get())) return;  // close() took it meanwhile
+        if (!refused) refused = std::make_exception_ptr(std::system_error(make_error_code(errc::task_dropped),
+                                                                          "cbm::EventBus: the executor dropped the delivery"));
+        {
+            DeliveringScope scope(*this);
+            kept->discard(false, refused);
+        }
+        finish_handed();
     }
 
     // Effect: removes the work `*slot` points to from the heap if it still
@@ -508,11 +629,37 @@ public:
     }
 
     // True while this thread delivers an event of this bus (a handler runs).
-    bool delivering_here() const noexcept {
+    bool delivering_here() const noexcept { return deliveries_here() != 0; }
+
+    // How many deliveries of this bus this thread is inside (nested: a
+    // handler that calls process(), or posts to a full queue).
+    std::size_t deliveries_here() const noexcept {
+        std::size_t n = 0;
         for (const DeliveringScope* s = DeliveringScope::innermost(); s != nullptr; s = s->outer) {
-            if (s->core == this) return true;
+            n += s->core == this ? 1 : 0;
         }
-        return false;
+        return n;
+    }
+
+    // Effect: the core takes ownership of `channel` (it lives as long as the
+    // core). Returns it.
+    ChannelBase* adopt_channel(std::unique_ptr<ChannelBase> channel) {
+        std::lock_guard<std::mutex> lock(mutex_);
+        channels_.push_back(std::move(channel));
+        return channels_.back().get();
+    }
+
+    // Effect: ends every channel's subscriptions (the EventBus is going).
+    void end_subscriptions() noexcept {
+        std::vector<ChannelBase*> channels;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            try {
+                for (const auto& c : channels_) channels.push_back(c.get());
+            } catch (...) {  // no memory for the list: they end with the core
+            }
+        }
+        for (ChannelBase* c : channels) c->end_subscriptions();
     }
 
     // Marks this thread as delivering for `core` (a thread-local list, so
@@ -534,27 +681,12 @@ public:
         const DeliveringScope* const outer;
     };
 
-    // Runs `f` as a delivery of this bus on the calling thread, counted so
-    // that close() waits for it (a subscription's executor task).
-    template <class F>
-    void as_delivery(F&& f) noexcept {
-        {
-            std::lock_guard<std::mutex> lock(mutex_);
-            ++delivering_;
-        }
-        {
-            DeliveringScope scope(*this);
-            f();
-        }
-        std::lock_guard<std::mutex> lock(mutex_);
-        finish_batch_locked(0);
-    }
-
     // ------------------------------------------------------------------
     // Implementation details follow.
 
 private:
-    ~BusCore() = default;
+    // Channels go after everything that could still reach them.
+    ~BusCore() { channels_.clear(); }
 
     // The heap of waiting work: a binary min-heap on (due, seq) that keeps
     // each work's position, so that a settled ack deadline is removed at
@@ -616,7 +748,7 @@ private:
     void finish_batch_locked(std::size_t posted) noexcept {
         outstanding_ -= posted;
         --delivering_;
-        if (outstanding_ == 0 || delivering_ == 0) wake_idle_locked();
+        if (outstanding_ == 0 || delivering_ == 0 || closers_ != 0) wake_idle_locked();
     }
 
     // Under mutex_: tells close() and drain() (which, without an executor,
@@ -719,62 +851,99 @@ private:
     // ---- executor mode ---------------------------------------------------
 
     // One task per posted event (and per due waiting work): it delivers the
-    // oldest thing there is. Counted in pumps_outstanding_ until it ran or
-    // was dropped unrun.
+    // oldest thing there is. Counted in pumps_outstanding_ (and, for due
+    // work, in due_pumps_) until it ran or was dropped unrun.
     struct Ops {
         static void add_ref(BusCore* c) noexcept { c->add_ref(); }
         static void release_ref(BusCore* c) noexcept { c->release_ref(); }
     };
+    using SelfRef = IntrusiveRef<BusCore, Ops>;
+    static SelfRef share(BusCore* c) noexcept {
+        c->add_ref();
+        return SelfRef::adopt(c);
+    }
+
     struct Pump {
-        IntrusiveRef<BusCore, Ops> core;
-        explicit Pump(BusCore* c) : core(IntrusiveRef<BusCore, Ops>::adopt((c->add_ref(), c))) {}
+        SelfRef core;
+        bool for_due;
+        Pump(BusCore* c, bool due) : core(share(c)), for_due(due) {}
         Pump(Pump&&) noexcept = default;
         Pump(const Pump&) = delete;
         ~Pump() {
-            if (core) core->pump_done(false);
+            if (core) core->pump_done(false, for_due);  // dropped (or refused) unrun
         }
         void operator()() {
             if (!core) return;
-            IntrusiveRef<BusCore, Ops> mine = std::move(core);
-            mine->pump_done(true);
+            SelfRef mine = std::move(core);
+            mine->pump_done(true, for_due);
             mine->pump_one();
         }
     };
 
     void submit_pump() noexcept {
         try {
-            detail::execute_on(executor_, Task(Pump(this)));
+            detail::execute_on(executor_, Task(Pump(this, false)));
         } catch (...) {
-            // The executor refused (full, shut down): deliver here instead.
+            // The executor refused (full, shut down; the pump counted itself
+            // dropped): deliver here instead.
             process_one_here();
         }
     }
 
-    void pump_done(bool ran) noexcept {
+    void pump_done(bool ran, bool for_due) noexcept {
         std::lock_guard<std::mutex> lock(mutex_);
         --pumps_outstanding_;
+        if (for_due) --due_pumps_;
         if (!ran) ++pumps_dropped_;
         if (draining_ != 0) idle_.notify_all();
-    }
-
-    bool pumps_lost() noexcept {
-        std::lock_guard<std::mutex> lock(mutex_);
-        return pumps_dropped_ != 0 && pumps_outstanding_ == 0;
     }
 
     void pump_one() noexcept { deliver_here(1, true); }
     void process_one_here() noexcept { deliver_here(1, true); }
 
-    // Arms the timer for the earliest waiting work (executor mode).
-    void arm_timer() noexcept {
-        if (TimerService::shared().remove(&timer_)) release_ref();
+    // Under mutex_: when the timer should fire next (by the bus clock): now
+    // if some due work has no task on its way yet, else at the earliest work
+    // not due yet; time_point::max() for never.
+    std::chrono::steady_clock::time_point timer_target_locked(std::chrono::steady_clock::time_point now) const noexcept {
+        using time_point = std::chrono::steady_clock::time_point;
+        if (delayed_.empty()) return time_point::max();
+        if (delayed_.front()->due > now) return delayed_.front()->due;
+        std::size_t due = 0;
+        time_point next = time_point::max();
+        for (const auto& w : delayed_) {
+            if (w->due <= now) {
+                ++due;
+            } else {
+                next = std::min(next, w->due);
+            }
+        }
+        return due > due_pumps_ ? now : next;
+    }
+
+    // Arms the timer for the next waiting work that needs it (executor
+    // mode), no sooner than `not_before` from now. Serialised by
+    // timer_mutex_: the entry is one, and the timer service must never see
+    // it scheduled twice or its due time change while it waits.
+    void arm_timer(std::chrono::steady_clock::duration not_before = {}) noexcept {
+        std::lock_guard<std::mutex> timer_lock(timer_mutex_);
+        const bool was_armed = TimerService::shared().remove(&timer_);  // its reference is reused or released
         std::chrono::steady_clock::duration left{};
+        bool arm = false;
         {
             std::lock_guard<std::mutex> lock(mutex_);
-            if (closed_ || delayed_.empty()) return;
-            left = delayed_.front()->due - clock_->now();
+            if (!closed_) {
+                const auto now = clock_->now();
+                const auto target = timer_target_locked(now);
+                arm = target != std::chrono::steady_clock::time_point::max();
+                if (arm) left = std::max(target - now, not_before);
+                timer_armed_for_ = arm ? now + left : std::chrono::steady_clock::time_point::max();
+            }
         }
-        add_ref();
+        if (!arm) {
+            if (was_armed) release_ref();  // (never the last: the caller holds one)
+            return;
+        }
+        if (!was_armed) add_ref();
         timer_.due = TimerEntry::clock::now() + std::max<std::chrono::steady_clock::duration>(left, {});
         try {
             if (TimerService::shared().schedule(&timer_)) return;
@@ -783,24 +952,116 @@ private:
         release_ref();
     }
 
-    // On the timer thread: hand every due work to the executor, then re-arm.
+    // On the timer thread: hand every due work that has no task on its way
+    // to the executor, then re-arm for the next.
     void on_timer() noexcept {
-        std::size_t due = 0;
+        std::size_t submit = 0;
         {
             std::lock_guard<std::mutex> lock(mutex_);
             if (closed_) return;
+            timer_armed_for_ = std::chrono::steady_clock::time_point::max();  // it fired
             const auto now = clock_->now();
+            std::size_t due = 0;
             for (const auto& w : delayed_) due += w->due <= now ? 1 : 0;
-            pumps_outstanding_ += due;
+            submit = due > due_pumps_ ? due - due_pumps_ : 0;
+            due_pumps_ += submit;
+            pumps_outstanding_ += submit;
         }
-        for (std::size_t i = 0; i < due; ++i) {
+        bool refused = false;
+        for (std::size_t i = 0; i < submit; ++i) {
+            if (refused) {
+                pump_done(false, true);  // not tried: the executor refuses now
+                continue;
+            }
             try {
-                detail::execute_on(executor_, Task(Pump(this)));
+                detail::execute_on(executor_, Task(Pump(this, true)));
             } catch (...) {
-                pump_done(false);  // the work stays in the heap; drain() delivers it
+                refused = true;  // (the pump counted itself dropped)
             }
         }
-        arm_timer();
+        // An executor that refuses is asked again later, not at once: the
+        // work stays in the heap for drain() meanwhile.
+        arm_timer(refused ? kRefusedRetry : std::chrono::steady_clock::duration{});
+    }
+    static constexpr std::chrono::milliseconds kRefusedRetry{10};
+
+    // ---- handed work ------------------------------------------------------
+
+    // The task that runs a HandedWork on another executor.
+    struct HandedTask {
+        SelfRef core;
+        HandedRef work;
+        HandedTask(BusCore* c, HandedRef w) noexcept : core(share(c)), work(std::move(w)) {}
+        HandedTask(HandedTask&&) noexcept = default;
+        HandedTask(const HandedTask&) = delete;
+        ~HandedTask() {
+            if (!work) return;
+            if (SubmittingScope::current() == work.get()) {
+                work->dropped_in_submit_ = true;  // hand_to() concludes it, with the refusal
+                return;
+            }
+            if (!core->claim_handed(work.get())) return;
+            {
+                DeliveringScope scope(*core);
+                work->discard(false, std::make_exception_ptr(std::system_error(
+                                         make_error_code(errc::task_dropped), "cbm::EventBus: the executor dropped the delivery")));
+            }
+            core->finish_handed();
+        }
+        void operator()() {
+            if (!work) return;
+            HandedRef mine = std::move(work);
+            if (!core->claim_handed(mine.get())) return;  // close() discarded it
+            {
+                DeliveringScope scope(*core);
+                mine->run();
+            }
+            core->finish_handed();
+        }
+    };
+
+    // Marks, on the submitting thread, the work whose task is inside
+    // execute(): a task destroyed there leaves the conclusion to hand_to().
+    class SubmittingScope {
+    public:
+        explicit SubmittingScope(const HandedWork* w) noexcept : outer_(current()) { current() = w; }
+        ~SubmittingScope() { end(); }
+        SubmittingScope(const SubmittingScope&) = delete;
+        SubmittingScope& operator=(const SubmittingScope&) = delete;
+        void end() noexcept {
+            if (!ended_) current() = outer_;
+            ended_ = true;
+        }
+        static const HandedWork*& current() noexcept {
+            thread_local const HandedWork* submitting = nullptr;
+            return submitting;
+        }
+
+    private:
+        const HandedWork* outer_;
+        bool ended_ = false;
+    };
+
+    // Returns: true if `w` was still registered; it is then the caller's to
+    // run or discard, counted as a delivery (close() waits for it) until
+    // finish_handed().
+    bool claim_handed(HandedWork* w) noexcept {
+        std::lock_guard<std::mutex> lock(mutex_);
+        if (!w->linked_) return false;
+        w->linked_ = false;
+        if (w->prev_ != nullptr) {
+            w->prev_->next_ = w->next_;
+        } else {
+            handed_ = w->next_;
+        }
+        if (w->next_ != nullptr) w->next_->prev_ = w->prev_;
+        w->prev_ = w->next_ = nullptr;
+        ++delivering_;
+        return true;
+    }
+    void finish_handed() noexcept {
+        std::lock_guard<std::mutex> lock(mutex_);
+        finish_batch_locked(1);
     }
 
     AnyExecutor executor_;
@@ -824,7 +1085,14 @@ private:
     std::size_t sleeping_consumers_ = 0;
     std::size_t draining_ = 0;
     std::size_t pumps_outstanding_ = 0;
-    std::size_t pumps_dropped_ = 0;
+    std::size_t due_pumps_ = 0;      // of those, submitted by the timer for due work
+    std::size_t pumps_dropped_ = 0;  // tasks the executor dropped or refused, ever
+    std::size_t closers_ = 0;        // threads inside close()
+    std::size_t closing_deliveries_ = 0;  // deliveries those closers are inside themselves
+    HandedWork* handed_ = nullptr;   // registered handed work (a doubly linked list)
+    // When the timer fires next, by the bus clock (max: not armed).
+    std::chrono::steady_clock::time_point timer_armed_for_ = std::chrono::steady_clock::time_point::max();
+    std::vector<std::unique_ptr<ChannelBase>> channels_;
     bool closed_ = false;
     std::shared_ptr<const DeadLetterHandler> dead_letter_handler_;
     std::shared_ptr<const ErrorHandler> error_handler_;
@@ -835,6 +1103,7 @@ private:
         BusCore* core = nullptr;
     };
     CoreTimer timer_;
+    std::mutex timer_mutex_;  // arm_timer() and close(): timer_'s scheduling
     std::atomic<std::uint32_t> refs_{1};
 };
 

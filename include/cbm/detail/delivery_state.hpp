@@ -13,12 +13,20 @@
 // then want to finish the settlement; `claimed_` (exchange) lets exactly
 // one of them do it. The bus's timer settles a parked delivery the same
 // way (timed_out), so an ack that comes after the timeout returns false.
+//
+// A settlement takes two steps: a CAS from pending to `settling` decides
+// who settles (the losers return false and write nothing), then the winner
+// writes the nack delay and stores the final status. A bus that loads
+// `settling` in hand_over() does not finish the settlement: the settler's
+// final store comes after that load in the single total order of seq_cst
+// operations, so its load of `handed_over_` sees true and it finishes.
 #pragma once
 
 #include <atomic>
 #include <chrono>
 #include <cstdint>
 #include <string>
+#include <thread>
 
 namespace cbm::detail {
 
@@ -28,6 +36,7 @@ enum class DeliveryStatus : std::uint8_t {
     nacked,     // the subscriber asked for a redelivery (after nack_delay())
     timed_out,  // a manual-ack delivery was not settled within ack_timeout
     failed,     // the handler threw (or returned an error)
+    settling,   // being settled by another thread (for an instant): see final_status()
 };
 
 class DeliveryStateBase {
@@ -45,14 +54,13 @@ public:
     // Effect: settles the delivery as `to`, if nothing settled it before.
     // Returns: true if this call settled it.
     bool settle(DeliveryStatus to, std::chrono::nanoseconds delay = {}) noexcept {
-        if (to == DeliveryStatus::nacked) {
-            // Written before the CAS that publishes it; a losing nack's write
-            // is never read (the winner's status is not nacked, or it wrote
-            // the same field first and won).
-            nack_delay_.store(delay.count(), std::memory_order_relaxed);
-        }
         DeliveryStatus expected = DeliveryStatus::pending;
-        if (!status_.compare_exchange_strong(expected, to, std::memory_order_seq_cst)) return false;
+        if (!status_.compare_exchange_strong(expected, DeliveryStatus::settling, std::memory_order_acquire)) {
+            return false;
+        }
+        // Published by the store of the final status below.
+        if (to == DeliveryStatus::nacked) nack_delay_.store(delay.count(), std::memory_order_relaxed);
+        status_.store(to, std::memory_order_seq_cst);
         if (handed_over_.load(std::memory_order_seq_cst) && claim()) finish_parked(to);
         return true;
     }
@@ -64,11 +72,23 @@ public:
     DeliveryStatus hand_over(bool& mine) noexcept {
         handed_over_.store(true, std::memory_order_seq_cst);
         const DeliveryStatus seen = status_.load(std::memory_order_seq_cst);
-        mine = seen != DeliveryStatus::pending && claim();
+        mine = seen != DeliveryStatus::pending && seen != DeliveryStatus::settling && claim();
         return seen;
     }
 
+    // The status now: pending, settling (another thread is storing its
+    // settlement), or final.
     DeliveryStatus status() const noexcept { return status_.load(std::memory_order_acquire); }
+
+    // The status once no settlement is in progress: pending or final. Spins
+    // while another thread settles (a few instructions of its own).
+    DeliveryStatus final_status() const noexcept {
+        for (;;) {
+            const DeliveryStatus s = status_.load(std::memory_order_acquire);
+            if (s != DeliveryStatus::settling) return s;
+            std::this_thread::yield();
+        }
+    }
     std::chrono::nanoseconds nack_delay() const noexcept {
         return std::chrono::nanoseconds(nack_delay_.load(std::memory_order_relaxed));
     }

@@ -68,6 +68,7 @@ struct DeliveryArg {
     const E* event;
     std::uint32_t delivery;
     Subscription<E>* subscription;
+    EnvelopeBase* envelope = nullptr;  // a posted event's (a Delivery<E> keeps it); null when published
     mutable bool filtered = false;  // set when the subscription's own filter said no
     // The handler's Delivery state, if its handler takes one.
     IntrusiveRef<DeliveryStateBase, DeliveryStateOps> state = {};
@@ -145,9 +146,10 @@ public:
     // delivery-th delivery), under `ctx` when given (a posted event's
     // context), adding the trigger's numbers to `result` when given.
     // `error` receives the failure, if any.
-    AttemptOutcome attempt(const E& event, std::uint32_t delivery, const Context* ctx, TriggerResult* result,
-                           std::exception_ptr& error, IntrusiveRef<DeliveryStateBase, DeliveryStateOps>& state) {
-        DeliveryArg<E> arg{&event, delivery, this};
+    AttemptOutcome attempt(const E& event, std::uint32_t delivery, EnvelopeBase* envelope, const Context* ctx,
+                           TriggerResult* result, std::exception_ptr& error,
+                           IntrusiveRef<DeliveryStateBase, DeliveryStateOps>& state) {
+        DeliveryArg<E> arg{&event, delivery, this, envelope};
         TriggerResult r = ctx != nullptr ? inner.trigger(*ctx, arg) : inner.trigger(arg);
         return classify(r, arg, result, error, state);
     }
@@ -174,15 +176,22 @@ public:
         }
         if (core_of_channel->metrics_on()) counters.delivered.fetch_add(1, std::memory_order_relaxed);
         if (failed) {
-            if (state) state->settle(DeliveryStatus::failed);
-            return AttemptOutcome::failed;
+            // A handler that settled its delivery and then threw ends as it
+            // settled it (the failure is reported all the same).
+            if (!state || state->settle(DeliveryStatus::failed)) return AttemptOutcome::failed;
+            return outcome_of(state->final_status());
         }
         if (!state) return AttemptOutcome::acked;
         if (!manual) state->settle(DeliveryStatus::acked);  // a return acks, unless the handler nacked first
-        switch (state->status()) {
+        return outcome_of(state->final_status());
+    }
+
+    static AttemptOutcome outcome_of(DeliveryStatus status) noexcept {
+        switch (status) {
             case DeliveryStatus::acked: return AttemptOutcome::acked;
             case DeliveryStatus::nacked: return AttemptOutcome::nacked;
             case DeliveryStatus::pending: return AttemptOutcome::pending;
+            case DeliveryStatus::settling:  // (final_status() waits it out)
             case DeliveryStatus::timed_out:
             case DeliveryStatus::failed: break;
         }
@@ -261,21 +270,42 @@ struct Attempt {
 
 // A Delivery<E>'s state, which can also wait parked (after a manual-ack
 // handler returned without settling) until an ack, a nack or its deadline.
+//
+// A Delivery of a posted event keeps the event's envelope from the start,
+// so that a copy kept past the handler's call reads a live event whatever
+// happened to the delivery meanwhile; a parked one also keeps the bus core
+// (and with it its channel) alive for the settlement that may come late,
+// from any thread, even while the bus goes.
 template <class E>
 class ParkedDelivery final : public DeliveryState<E> {
 public:
-    ParkedDelivery(const E& event, Subscription<E>& sub, std::uint32_t delivery)
-        : DeliveryState<E>(event, sub.name, delivery, sub.manual), member(share(&sub)) {}
+    ParkedDelivery(const DeliveryArg<E>& arg)
+        : DeliveryState<E>(*arg.event, arg.subscription->name, arg.delivery, arg.subscription->manual),
+          member(share(arg.subscription)) {
+        if (arg.envelope != nullptr) hold(arg.envelope);
+    }
 
-    void repoint_to(const E& event) noexcept { this->repoint(event); }
+    // Points the delivery at `event`, the copy in `envelope` (a published
+    // event that now waits), and keeps that.
+    void repoint_to(const E& event, EnvelopeBase* envelope) noexcept {
+        this->repoint(event);
+        if (envelope != nullptr && envelope_.get() != envelope) hold(envelope);
+    }
 
     SubscriptionRef<E> member;
+    BusCoreRef core;                        // set when parked
     Channel<E>* channel = nullptr;          // set when parked
     Attempt<E> attempt;                     // set when parked
     const DelayedWork* deadline = nullptr;  // its AckDeadline while that lives (under the core's mutex)
 
 private:
+    void hold(EnvelopeBase* envelope) noexcept {
+        envelope->add_ref();
+        envelope_ = EnvelopeRef::adopt(envelope);
+    }
     void finish_parked(DeliveryStatus status) noexcept override { channel->finish_parked(*this, status); }
+
+    EnvelopeRef envelope_;
 };
 
 // Waits for a parked delivery's ack deadline.
@@ -340,9 +370,11 @@ struct EventHandler {
 
     void operator()(Self& self, DeliveryArg<E>& arg) {
         if constexpr (wants_delivery) {
-            auto* state = new ParkedDelivery<E>(*arg.event, *arg.subscription, arg.delivery);
+            // In-call retries of one delivery share its state: a copy the
+            // first try kept settles the delivery the last try made.
+            if (!arg.state) arg.state = IntrusiveRef<DeliveryStateBase, DeliveryStateOps>::adopt(new ParkedDelivery<E>(arg));
+            auto* state = static_cast<ParkedDelivery<E>*>(arg.state.get());
             state->add_ref();
-            arg.state = IntrusiveRef<DeliveryStateBase, DeliveryStateOps>::adopt(state);
             Delivery<E> delivery(state);
             if constexpr (takes_delivery) {
                 check_result([&] { return std::invoke(f, delivery); });
@@ -539,7 +571,8 @@ public:
                                  std::make_exception_ptr(std::system_error(make_error_code(errc::ack_timeout))));
                 break;
             case DeliveryStatus::failed:
-            case DeliveryStatus::pending: break;
+            case DeliveryStatus::pending:
+            case DeliveryStatus::settling: break;
         }
         // The deadline goes now, not when it is due: it holds the parked
         // delivery, and with it the event (which Delivery copies may still
@@ -562,6 +595,22 @@ public:
             if (typed && a.event != nullptr) (*typed)(letter, *a.event);
         } catch (...) {  // a handler that throws (or no memory for the letter) stops nothing
         }
+    }
+
+    void end_subscriptions() noexcept override {
+        View gone_view;
+        std::vector<SubscriptionRef<E>> gone;
+        {
+            std::lock_guard<std::mutex> lock(write_);
+            try {
+                gone_view = *routes_.load();
+                routes_.store(View{});
+            } catch (...) {  // no memory for an empty view: they end with the channel
+            }
+            gone.swap(gone_);
+        }
+        // Dropped here, outside the lock: each subscription that goes
+        // unregisters its callback, waiting for a delivery still running.
     }
 
     void set_typed_dead_letter_handler(std::function<void(const DeadLetter&, const E&)> handler) {
@@ -656,7 +705,7 @@ private:
             Subscription<E>& m = *route.members.front();
             std::optional<Made> made;
             try {
-                made.emplace(Made{TriggerResult{}, DeliveryArg<E>{a.event, 1, &m}});
+                made.emplace(Made{TriggerResult{}, DeliveryArg<E>{a.event, 1, &m, a.envelope}});
                 made->result = a.queued ? m.inner.trigger(a.envelope->context, made->arg) : m.inner.trigger(made->arg);
             } catch (...) {  // no memory for a result: the general path tries again
                 made.reset();
@@ -699,8 +748,8 @@ private:
                 if (i == 0 && made != nullptr) {
                     outcome = m.classify(made->result, made->arg, a.result, error, state);
                 } else {
-                    outcome = m.attempt(*a.event, a.delivery, a.queued ? &a.envelope->context : nullptr, a.result,
-                                        error, state);
+                    outcome = m.attempt(*a.event, a.delivery, a.envelope, a.queued ? &a.envelope->context : nullptr,
+                                        a.result, error, state);
                 }
             } catch (...) {  // no memory for the result: count it as the attempt's failure
                 error = std::current_exception();
@@ -756,40 +805,39 @@ private:
 
     // Hands the rest of a route's members to `m`'s executor: one task that
     // delivers there (and goes on to the next member if `m` does not take
-    // it). The task is outstanding work of the bus.
+    // it). Registered with the bus core until the task claims it, so that
+    // close() dead-letters it if the executor has not run it by then.
+    class HandOff final : public HandedWork {
+    public:
+        HandOff(Channel& channel, std::vector<SubscriptionRef<E>> members, Attempt<E>&& a) noexcept
+            : channel_(&channel), members_(std::move(members)), attempt_(std::move(a)) {}
+
+        void run() noexcept override {
+            channel_->deliver_members(std::span<const SubscriptionRef<E>>(members_), 0, members_.size(),
+                                      std::move(attempt_), members_.front().get());
+        }
+        void discard(bool closing, std::exception_ptr why) noexcept override {
+            Subscription<E>& first = *members_.front();
+            if (closing) {
+                channel_->give_up(attempt_, first, std::move(why));
+            } else {
+                first.counters.failed.fetch_add(1, std::memory_order_relaxed);
+                channel_->retry_or_give_up(attempt_, first, {}, false, std::move(why));
+            }
+            // The event and the subscriptions go now, not with the task
+            // (which an executor may keep long after).
+            attempt_ = Attempt<E>{};
+            members_.clear();
+        }
+
+    private:
+        Channel* channel_;  // the core, which the task holds, owns it
+        std::vector<SubscriptionRef<E>> members_;
+        Attempt<E> attempt_;
+    };
+
     void hand_to_executor(std::span<const SubscriptionRef<E>> members, std::size_t from, std::size_t count,
                           Attempt<E>&& a, Subscription<E>& m) noexcept {
-        struct Hop {
-            Channel* channel;
-            std::vector<SubscriptionRef<E>> members;
-            std::size_t count;
-            Attempt<E> attempt;
-            bool ran = false;
-            Hop(Channel* c, std::vector<SubscriptionRef<E>> ms, std::size_t n, Attempt<E>&& a)
-                : channel(c), members(std::move(ms)), count(n), attempt(std::move(a)) {}
-            Hop(Hop&& o) noexcept
-                : channel(o.channel), members(std::move(o.members)), count(o.count), attempt(std::move(o.attempt)),
-                  ran(std::exchange(o.ran, true)) {}
-            Hop(const Hop&) = delete;
-            ~Hop() {
-                if (ran) return;
-                // Dropped by its executor unrun: the delivery failed.
-                members.front()->counters.failed.fetch_add(1, std::memory_order_relaxed);
-                channel->retry_or_give_up(attempt, *members.front(), {}, false,
-                                          std::make_exception_ptr(std::system_error(make_error_code(errc::task_dropped))));
-                channel->core().end_work();
-            }
-            void operator()() {
-                if (ran) return;
-                ran = true;
-                Subscription<E>* first = members.front().get();
-                channel->core().as_delivery([&] {
-                    channel->deliver_members(std::span<const SubscriptionRef<E>>(members), 0, count,
-                                             std::move(attempt), first);
-                });
-                channel->core().end_work();
-            }
-        };
         std::vector<SubscriptionRef<E>> rest;
         try {
             rest.reserve(count);
@@ -803,20 +851,14 @@ private:
             retry_or_give_up(a, m, {}, false, why);
             return;
         }
-        core().begin_work();
-        Hop hop(this, std::move(rest), count, std::move(a));
+        HandOff* hand_off = nullptr;
         try {
-            detail::execute_on(m.executor, Task(std::move(hop)));
+            hand_off = new HandOff(*this, std::move(rest), std::move(a));
         } catch (...) {
-            // Refused (queue full, shut down): the delivery failed; the hop
-            // (if the Task did not take it) concludes it as dropped.
-            if (!hop.ran) {
-                hop.ran = true;
-                m.counters.failed.fetch_add(1, std::memory_order_relaxed);
-                retry_or_give_up(hop.attempt, m, {}, false, std::current_exception());
-                core().end_work();
-            }
+            retry_or_give_up(a, m, {}, false, std::current_exception());
+            return;
         }
+        core().hand_to(m.executor, HandedRef::adopt(hand_off));
     }
 
     // After a failed, nacked, timed-out or undeliverable delivery: again
@@ -879,7 +921,7 @@ private:
         auto* parked = static_cast<ParkedDelivery<E>*>(state.get());
         // It cannot wait: failed, unless the handler's copy settled it first.
         auto cannot_wait = [&](std::exception_ptr why) {
-            if (!parked->settle(DeliveryStatus::failed) && parked->status() == DeliveryStatus::acked) {
+            if (!parked->settle(DeliveryStatus::failed) && parked->final_status() == DeliveryStatus::acked) {
                 if (core().metrics_on()) member.counters.acked.fetch_add(1, std::memory_order_relaxed);
             } else {
                 give_up(a, member, std::move(why));
@@ -890,7 +932,8 @@ private:
             cannot_wait(why);
             return;
         }
-        parked->repoint_to(*a.event);
+        parked->repoint_to(*a.event, a.envelope);
+        parked->core = BusCoreRef::adopt((core().add_ref(), &core()));
         parked->channel = this;
         std::unique_ptr<AckDeadline<E>> deadline;
         try {
