@@ -93,7 +93,7 @@ public:
     explicit Delivery(detail::DeliveryState<E>* adopted) noexcept : state_(Ref::adopt(adopted)) {}
 
 private:
-    using Ref = detail::IntrusiveRef<detail::DeliveryStateBase, detail::DeliveryStateOps>;
+    using Ref = detail::DeliveryStateRef;
     const detail::DeliveryState<E>* state() const noexcept {
         return static_cast<const detail::DeliveryState<E>*>(state_.get());
     }

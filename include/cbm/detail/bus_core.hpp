@@ -66,37 +66,24 @@ using EnvelopeCache = BasicBlockCache<128, 1024>;
 
 // One posted event, shared by all its deliveries (counted). The event
 // itself lives in the derived Envelope<E>.
-class EnvelopeBase {
+class EnvelopeBase : public SelfCounted<EnvelopeBase> {
 public:
     static void* operator new(std::size_t n) { return EnvelopeCache::allocate(n); }
     static void operator delete(void* p) noexcept { EnvelopeCache::deallocate(p); }
 
     EnvelopeBase(ChannelBase* owner, Context ctx, std::chrono::steady_clock::time_point posted) noexcept
         : channel(owner), context(std::move(ctx)), posted_at(posted) {}
-    EnvelopeBase(const EnvelopeBase&) = delete;
-    EnvelopeBase& operator=(const EnvelopeBase&) = delete;
-
-    void add_ref() noexcept { refs_.fetch_add(1, std::memory_order_relaxed); }
-    void release_ref() noexcept {
-        if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
-    }
 
     ChannelBase* const channel;  // channels live as long as their bus core
     const Context context;       // the poster's current_context(): deliveries run under it
     const std::chrono::steady_clock::time_point posted_at;  // by the bus clock
 
 protected:
+    friend class SelfCounted<EnvelopeBase>;
     virtual ~EnvelopeBase() = default;
-
-private:
-    std::atomic<std::uint32_t> refs_{1};
 };
 
-struct EnvelopeOps {
-    static void add_ref(EnvelopeBase* e) noexcept { e->add_ref(); }
-    static void release_ref(EnvelopeBase* e) noexcept { e->release_ref(); }
-};
-using EnvelopeRef = IntrusiveRef<EnvelopeBase, EnvelopeOps>;
+using EnvelopeRef = IntrusiveRef<EnvelopeBase, MemberRefOps>;
 
 // Work that waits in the heap until `due` (by the bus clock): a redelivery,
 // or the deadline of a parked manual-ack delivery.
@@ -122,11 +109,8 @@ public:
 // task runs it, or its task is dropped unrun (or refused) and it is
 // discarded, or close() discards it. Counted: the task holds a reference,
 // and whoever claims it holds one while concluding it.
-class HandedWork {
+class HandedWork : public SelfCounted<HandedWork> {
 public:
-    HandedWork() = default;
-    HandedWork(const HandedWork&) = delete;
-    HandedWork& operator=(const HandedWork&) = delete;
 
     // By its task, as a delivery of the bus (no lock held).
     virtual void run() noexcept = 0;
@@ -135,12 +119,8 @@ public:
     // dropped unrun, with `why`.
     virtual void discard(bool closing, std::exception_ptr why) noexcept = 0;
 
-    void add_ref() noexcept { refs_.fetch_add(1, std::memory_order_relaxed); }
-    void release_ref() noexcept {
-        if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
-    }
-
 protected:
+    friend class SelfCounted<HandedWork>;
     virtual ~HandedWork() = default;
 
 private:
@@ -149,14 +129,9 @@ private:
     HandedWork* next_ = nullptr;
     bool linked_ = false;
     bool dropped_in_submit_ = false;  // its task was destroyed inside execute() (the submitting thread's)
-    std::atomic<std::uint32_t> refs_{1};
 };
 
-struct HandedWorkOps {
-    static void add_ref(HandedWork* w) noexcept { w->add_ref(); }
-    static void release_ref(HandedWork* w) noexcept { w->release_ref(); }
-};
-using HandedRef = IntrusiveRef<HandedWork, HandedWorkOps>;
+using HandedRef = IntrusiveRef<HandedWork, MemberRefOps>;
 
 // Per-event-type counts (in ChannelBase).
 struct TypeCounters {
@@ -241,7 +216,7 @@ inline std::chrono::nanoseconds redelivery_wait(const RedeliveryBackoff& b, std:
     return backoff_after(r, delivered);
 }
 
-class BusCore {
+class BusCore : public SelfCounted<BusCore> {
 public:
     BusCore(const EventBusOptions& options)
         : executor_(options.executor),
@@ -256,13 +231,6 @@ public:
             core->on_timer();
             core->release_ref();  // the armed timer's reference
         };
-    }
-    BusCore(const BusCore&) = delete;
-    BusCore& operator=(const BusCore&) = delete;
-
-    void add_ref() noexcept { refs_.fetch_add(1, std::memory_order_relaxed); }
-    void release_ref() noexcept {
-        if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
     }
 
     bool metrics_on() const noexcept { return metrics_; }
@@ -685,6 +653,7 @@ public:
     // Implementation details follow.
 
 private:
+    friend class SelfCounted<BusCore>;
     // Channels go after everything that could still reach them.
     ~BusCore() { channels_.clear(); }
 
@@ -853,11 +822,7 @@ private:
     // One task per posted event (and per due waiting work): it delivers the
     // oldest thing there is. Counted in pumps_outstanding_ (and, for due
     // work, in due_pumps_) until it ran or was dropped unrun.
-    struct Ops {
-        static void add_ref(BusCore* c) noexcept { c->add_ref(); }
-        static void release_ref(BusCore* c) noexcept { c->release_ref(); }
-    };
-    using SelfRef = IntrusiveRef<BusCore, Ops>;
+    using SelfRef = IntrusiveRef<BusCore, MemberRefOps>;
     static SelfRef share(BusCore* c) noexcept {
         c->add_ref();
         return SelfRef::adopt(c);
@@ -1104,13 +1069,8 @@ private:
     };
     CoreTimer timer_;
     std::mutex timer_mutex_;  // arm_timer() and close(): timer_'s scheduling
-    std::atomic<std::uint32_t> refs_{1};
 };
 
-struct BusCoreOps {
-    static void add_ref(BusCore* c) noexcept { c->add_ref(); }
-    static void release_ref(BusCore* c) noexcept { c->release_ref(); }
-};
-using BusCoreRef = IntrusiveRef<BusCore, BusCoreOps>;
+using BusCoreRef = IntrusiveRef<BusCore, MemberRefOps>;
 
 }  // namespace cbm::detail

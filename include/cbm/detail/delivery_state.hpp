@@ -28,6 +28,8 @@
 #include <string>
 #include <thread>
 
+#include "intrusive_ref.hpp"
+
 namespace cbm::detail {
 
 enum class DeliveryStatus : std::uint8_t {
@@ -39,17 +41,10 @@ enum class DeliveryStatus : std::uint8_t {
     settling,   // being settled by another thread (for an instant): see final_status()
 };
 
-class DeliveryStateBase {
+class DeliveryStateBase : public SelfCounted<DeliveryStateBase> {
 public:
     DeliveryStateBase(const std::string& subscription, std::uint32_t delivery, bool manual) noexcept
         : subscription_(&subscription), delivery_(delivery), manual_(manual) {}
-    DeliveryStateBase(const DeliveryStateBase&) = delete;
-    DeliveryStateBase& operator=(const DeliveryStateBase&) = delete;
-
-    void add_ref() noexcept { refs_.fetch_add(1, std::memory_order_relaxed); }
-    void release_ref() noexcept {
-        if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
-    }
 
     // Effect: settles the delivery as `to`, if nothing settled it before.
     // Returns: true if this call settled it.
@@ -97,6 +92,7 @@ public:
     bool manual() const noexcept { return manual_; }
 
 protected:
+    friend class SelfCounted<DeliveryStateBase>;
     virtual ~DeliveryStateBase() = default;
 
     // A settlement that came after the bus parked the delivery (a late
@@ -106,7 +102,6 @@ protected:
 private:
     bool claim() noexcept { return !claimed_.exchange(true, std::memory_order_acq_rel); }
 
-    std::atomic<std::uint32_t> refs_{1};
     std::atomic<DeliveryStatus> status_{DeliveryStatus::pending};
     std::atomic<bool> handed_over_{false};
     std::atomic<bool> claimed_{false};
@@ -116,9 +111,6 @@ private:
     bool manual_;
 };
 
-struct DeliveryStateOps {
-    static void add_ref(DeliveryStateBase* s) noexcept { s->add_ref(); }
-    static void release_ref(DeliveryStateBase* s) noexcept { s->release_ref(); }
-};
+using DeliveryStateRef = IntrusiveRef<DeliveryStateBase, MemberRefOps>;
 
 }  // namespace cbm::detail

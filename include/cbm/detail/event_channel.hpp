@@ -71,7 +71,7 @@ struct DeliveryArg {
     EnvelopeBase* envelope = nullptr;  // a posted event's (a Delivery<E> keeps it); null when published
     mutable bool filtered = false;  // set when the subscription's own filter said no
     // The handler's Delivery state, if its handler takes one.
-    IntrusiveRef<DeliveryStateBase, DeliveryStateOps> state = {};
+    DeliveryStateRef state = {};
 };
 
 // The counts of one subscription (relaxed atomics).
@@ -95,29 +95,17 @@ enum class AttemptOutcome : std::uint8_t {
 // The route a delivery follows (a consumer group, or one subscription):
 // stable across the channel's snapshots, so that a redelivery finds its
 // route again.
-struct RouteState {
+struct RouteState : SelfCounted<RouteState> {
     explicit RouteState(std::string g) : group(std::move(g)) {}
-    RouteState(const RouteState&) = delete;
-    RouteState& operator=(const RouteState&) = delete;
-
-    void add_ref() noexcept { refs.fetch_add(1, std::memory_order_relaxed); }
-    void release_ref() noexcept {
-        if (refs.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
-    }
 
     const std::string group;  // "" for a subscription alone
     std::atomic<std::uint64_t> next{0};  // the weighted round robin's position
-    std::atomic<std::uint32_t> refs{1};
 };
 
-struct RouteStateOps {
-    static void add_ref(RouteState* r) noexcept { r->add_ref(); }
-    static void release_ref(RouteState* r) noexcept { r->release_ref(); }
-};
-using RouteRef = IntrusiveRef<RouteState, RouteStateOps>;
+using RouteRef = IntrusiveRef<RouteState, MemberRefOps>;
 
 template <class E>
-class Subscription {
+class Subscription : public SelfCounted<Subscription<E>> {
 public:
     using Inner = CallbackGroup<void(DeliveryArg<E>&)>;
 
@@ -134,13 +122,6 @@ public:
           executor(o.executor),
           order(order_),
           inner(group_options) {}
-    Subscription(const Subscription&) = delete;
-    Subscription& operator=(const Subscription&) = delete;
-
-    void add_ref() noexcept { refs_.fetch_add(1, std::memory_order_relaxed); }
-    void release_ref() noexcept {
-        if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete this;
-    }
 
     // Effect: runs this subscription's handler for `event` (its
     // delivery-th delivery), under `ctx` when given (a posted event's
@@ -148,7 +129,7 @@ public:
     // `error` receives the failure, if any.
     AttemptOutcome attempt(const E& event, std::uint32_t delivery, EnvelopeBase* envelope, const Context* ctx,
                            TriggerResult* result, std::exception_ptr& error,
-                           IntrusiveRef<DeliveryStateBase, DeliveryStateOps>& state) {
+                           DeliveryStateRef& state) {
         DeliveryArg<E> arg{&event, delivery, this, envelope};
         TriggerResult r = ctx != nullptr ? inner.trigger(*ctx, arg) : inner.trigger(arg);
         return classify(r, arg, result, error, state);
@@ -157,7 +138,7 @@ public:
     // What the trigger `r` of an attempt (with `arg`) came to; adds its
     // numbers to `result` when given.
     AttemptOutcome classify(TriggerResult& r, DeliveryArg<E>& arg, TriggerResult* result, std::exception_ptr& error,
-                            IntrusiveRef<DeliveryStateBase, DeliveryStateOps>& state) {
+                            DeliveryStateRef& state) {
         for (const Failure& f : r.failures) core_of_channel->report_failure(f);
         const bool invoked = r.invoked != 0;
         const bool failed = r.failed != 0;
@@ -230,17 +211,12 @@ public:
     Registration registration;
 
 private:
+    friend class SelfCounted<Subscription<E>>;
     ~Subscription() = default;
-    std::atomic<std::uint32_t> refs_{1};
 };
 
 template <class E>
-struct SubscriptionOps {
-    static void add_ref(Subscription<E>* s) noexcept { s->add_ref(); }
-    static void release_ref(Subscription<E>* s) noexcept { s->release_ref(); }
-};
-template <class E>
-using SubscriptionRef = IntrusiveRef<Subscription<E>, SubscriptionOps<E>>;
+using SubscriptionRef = IntrusiveRef<Subscription<E>, MemberRefOps>;
 
 template <class E>
 SubscriptionRef<E> share(Subscription<E>* s) noexcept {
@@ -372,7 +348,7 @@ struct EventHandler {
         if constexpr (wants_delivery) {
             // In-call retries of one delivery share its state: a copy the
             // first try kept settles the delivery the last try made.
-            if (!arg.state) arg.state = IntrusiveRef<DeliveryStateBase, DeliveryStateOps>::adopt(new ParkedDelivery<E>(arg));
+            if (!arg.state) arg.state = DeliveryStateRef::adopt(new ParkedDelivery<E>(arg));
             auto* state = static_cast<ParkedDelivery<E>*>(arg.state.get());
             state->add_ref();
             Delivery<E> delivery(state);
@@ -741,7 +717,7 @@ private:
                 return true;
             }
             std::exception_ptr error;
-            IntrusiveRef<DeliveryStateBase, DeliveryStateOps> state;
+            DeliveryStateRef state;
             if (a.delivery > 1) m.counters.redelivered.fetch_add(1, std::memory_order_relaxed);
             AttemptOutcome outcome;
             try {
@@ -917,7 +893,7 @@ private:
 
     // A manual-ack delivery that returned unsettled: waits for its ack, nack
     // or deadline.
-    void park(Attempt<E>&& a, Subscription<E>& member, IntrusiveRef<DeliveryStateBase, DeliveryStateOps> state) noexcept {
+    void park(Attempt<E>&& a, Subscription<E>& member, DeliveryStateRef state) noexcept {
         auto* parked = static_cast<ParkedDelivery<E>*>(state.get());
         // It cannot wait: failed, unless the handler's copy settled it first.
         auto cannot_wait = [&](std::exception_ptr why) {

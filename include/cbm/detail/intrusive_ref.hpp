@@ -9,6 +9,8 @@
 // any threads; assigning to one object while others read it is a race.
 #pragma once
 
+#include <atomic>
+#include <cstdint>
 #include <utility>
 
 namespace cbm::detail {
@@ -58,6 +60,32 @@ struct MemberRefOps {
     static void release_ref(T* p) noexcept {
         p->release_ref();
     }
+};
+
+// A base for an object that counts its own references (starting at one,
+// the creator's) and deletes itself when the last goes: as `Derived`, so a
+// class hierarchy names its root (whose destructor is virtual). Use it with
+// IntrusiveRef<T, MemberRefOps>. Not copyable: a copy would share no count.
+// Memory ordering: taking a reference needs none (the taker already holds
+// one); dropping one is acq_rel, so that the thread that deletes sees every
+// other holder's writes.
+template <class Derived>
+class SelfCounted {
+public:
+    SelfCounted(const SelfCounted&) = delete;
+    SelfCounted& operator=(const SelfCounted&) = delete;
+
+    void add_ref() const noexcept { refs_.fetch_add(1, std::memory_order_relaxed); }
+    void release_ref() const noexcept {
+        if (refs_.fetch_sub(1, std::memory_order_acq_rel) == 1) delete static_cast<const Derived*>(this);
+    }
+
+protected:
+    SelfCounted() noexcept = default;
+    ~SelfCounted() = default;
+
+private:
+    mutable std::atomic<std::uint32_t> refs_{1};
 };
 
 }  // namespace cbm::detail
