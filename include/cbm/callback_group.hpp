@@ -223,7 +223,8 @@ private:
 // there is no trigger_async.
 template <class R, class... Args>
     requires(!std::is_void_v<R>)
-class CallbackGroup<R(Args...)> {
+class CallbackGroup<R(Args...)>
+    : public detail::ForwardedControls<CallbackGroup<R(Args...)>, CallbackGroup<void(detail::ValueSink<R>&, Args...)>> {
     using Sink = detail::ValueSink<R>;
     using Inner = CallbackGroup<void(Sink&, Args...)>;
 
@@ -283,14 +284,8 @@ public:
     std::size_t clear() { return inner_.clear(); }
     std::size_t size() const noexcept { return inner_.size(); }
     bool empty() const noexcept { return inner_.empty(); }
-    ErrorPolicy error_policy() const noexcept { return inner_.error_policy(); }
-    MetricsSnapshot metrics() const { return inner_.metrics(); }
-    void set_error_handler(ErrorHandler handler) { inner_.set_error_handler(std::move(handler)); }
-    void set_dead_letter_handler(DeadLetterHandler handler) { inner_.set_dead_letter_handler(std::move(handler)); }
-    void set_circuit_change_handler(CircuitChangeHandler handler) {
-        inner_.set_circuit_change_handler(std::move(handler));
-    }
-    void set_observer(std::shared_ptr<CallbackObserver> observer) { inner_.set_observer(std::move(observer)); }
+    // error_policy(), metrics() and the handler setters: as the void one's
+    // (ForwardedControls).
 
     // ------------------------------------------------------------------
     // End of public interface. Implementation details follow.
@@ -305,6 +300,7 @@ private:
         return result;
     }
 
+    friend class detail::ForwardedControls<CallbackGroup, Inner>;
     Inner inner_;
 };
 

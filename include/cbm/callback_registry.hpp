@@ -327,7 +327,9 @@ private:
 // values back and there is no trigger_async.
 template <class Key, class R, class... Args, class Hash, class KeyEqual>
     requires(!std::is_void_v<R>)
-class CallbackRegistry<Key, R(Args...), Hash, KeyEqual> {
+class CallbackRegistry<Key, R(Args...), Hash, KeyEqual>
+    : public detail::ForwardedControls<CallbackRegistry<Key, R(Args...), Hash, KeyEqual>,
+                                       CallbackRegistry<Key, void(detail::ValueSink<R>&, Args...), Hash, KeyEqual>> {
     using Sink = detail::ValueSink<R>;
     using Inner = CallbackRegistry<Key, void(Sink&, Args...), Hash, KeyEqual>;
 
@@ -424,14 +426,8 @@ public:
     std::size_t clear() { return inner_.clear(); }
     std::size_t key_count() const noexcept { return inner_.key_count(); }
     std::vector<Key> keys() const { return inner_.keys(); }
-    ErrorPolicy error_policy() const noexcept { return inner_.error_policy(); }
-    MetricsSnapshot metrics() const { return inner_.metrics(); }
-    void set_error_handler(ErrorHandler handler) { inner_.set_error_handler(std::move(handler)); }
-    void set_dead_letter_handler(DeadLetterHandler handler) { inner_.set_dead_letter_handler(std::move(handler)); }
-    void set_circuit_change_handler(CircuitChangeHandler handler) {
-        inner_.set_circuit_change_handler(std::move(handler));
-    }
-    void set_observer(std::shared_ptr<CallbackObserver> observer) { inner_.set_observer(std::move(observer)); }
+    // error_policy(), metrics() and the handler setters: as the void one's
+    // (ForwardedControls).
 
     // ------------------------------------------------------------------
     // End of public interface. Implementation details follow.
@@ -446,6 +442,7 @@ private:
         return result;
     }
 
+    friend class detail::ForwardedControls<CallbackRegistry, Inner>;
     Inner inner_;
 };
 

@@ -51,6 +51,38 @@ namespace detail {
 
 // Where the callbacks of one trigger put their values: a vector, or a
 // collector that may ask to stop. Used on the triggering thread only.
+// The members a value group or registry forwards unchanged to the void
+// one it wraps (`Derived::inner_`, of type Inner): the error policy, the
+// metrics and every handler setter, declared once for both facades. The
+// setters take what Inner's take.
+template <class Derived, class Inner>
+class ForwardedControls {
+    template <class Member>
+    struct parameter_of;
+    template <class C, class P>
+    struct parameter_of<void (C::*)(P)> {
+        using type = P;
+    };
+    template <auto Member>
+    using parameter = typename parameter_of<decltype(Member)>::type;
+
+public:
+    auto error_policy() const noexcept { return inner().error_policy(); }
+    auto metrics() const { return inner().metrics(); }
+    void set_error_handler(parameter<&Inner::set_error_handler> h) { inner().set_error_handler(std::move(h)); }
+    void set_dead_letter_handler(parameter<&Inner::set_dead_letter_handler> h) {
+        inner().set_dead_letter_handler(std::move(h));
+    }
+    void set_circuit_change_handler(parameter<&Inner::set_circuit_change_handler> h) {
+        inner().set_circuit_change_handler(std::move(h));
+    }
+    void set_observer(parameter<&Inner::set_observer> o) { inner().set_observer(std::move(o)); }
+
+private:
+    Inner& inner() noexcept { return static_cast<Derived&>(*this).inner_; }
+    const Inner& inner() const noexcept { return static_cast<const Derived&>(*this).inner_; }
+};
+
 template <class R>
 class ValueSink {
 public:

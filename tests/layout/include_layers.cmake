@@ -11,12 +11,13 @@
 
 set(layer_0 # vocabulary: includes only the standard library
   callback.hpp errc.hpp error_policy.hpp executor.hpp histogram.hpp observer.hpp version.hpp
-  interop/asio.hpp detail/block_cache.hpp detail/event_type.hpp detail/delivery_state.hpp)
+  interop/asio.hpp detail/block_cache.hpp detail/event_type.hpp)
 set(layer_1 # reports and once: vocabulary only
   metrics.hpp prometheus.hpp detail/prometheus_text.hpp once.hpp async_result.hpp)
 set(layer_2 # context machinery
   detail/intrusive_ref.hpp detail/non_copyable.hpp detail/ring.hpp detail/word_mutex.hpp detail/service_lifetime.hpp
-  detail/timer_service.hpp detail/async_runner.hpp detail/context_node.hpp detail/after_func_entry.hpp)
+  detail/timer_service.hpp detail/async_runner.hpp detail/context_node.hpp detail/after_func_entry.hpp
+  detail/delivery_state.hpp)
 set(layer_3 # context API and the settings written in it
   context.hpp after_func.hpp trace.hpp resilience.hpp group_options.hpp thread_pool.hpp delivery.hpp subscribe_options.hpp)
 set(layer_4 # callback machinery
