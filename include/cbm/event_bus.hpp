@@ -125,9 +125,10 @@ public:
     EventBus(const EventBus&) = delete;
     EventBus& operator=(const EventBus&) = delete;
 
-    // Effect: close(): posts fail from now on; deliveries running on other
-    // threads finish; then every event not delivered yet (queued, waiting
-    // for a redelivery, or for a manual ack) is dead-lettered with
+    // Effect: close(): posts fail from now on; deliveries of posted events
+    // running on other threads finish; then every event not delivered yet
+    // (queued, waiting for a redelivery, for a manual ack, or for a
+    // subscription's executor to run its task) is dead-lettered with
     // errc::bus_closed. Call drain() first to deliver them. Then every
     // subscription ends (as by unregister()). Executor tasks of the bus that
     // run later find it closed and do nothing.
@@ -245,7 +246,11 @@ public:
     void drain() { core_->drain(); }
 
     // Effect: see the destructor; the bus stays usable for publish() and
-    // metrics(). Idempotent.
+    // metrics(). Idempotent; several threads (handlers too) may close at
+    // once. A publish() running on another thread is not waited for: its
+    // failed deliveries are dead-lettered (errc::bus_closed) when it
+    // returns.
+    // Blocks: until deliveries of posted events on other threads finish.
     void close() noexcept { core_->close(); }
 
     // Effect: `handler` receives every event given up on: key = the event
