@@ -7,7 +7,7 @@
 # includes the public API it implements, only the vocabulary beneath it.
 # A new header must be given a layer here, and a new public header must be
 # included by the umbrella cbm.hpp, except the optional parts that need a
-# third-party library (interop/: asio).
+# third-party library (interop/: asio; redis/: hiredis).
 
 set(layer_0 # vocabulary: includes only the standard library
   callback.hpp errc.hpp error_policy.hpp executor.hpp histogram.hpp observer.hpp version.hpp
@@ -31,8 +31,10 @@ set(layer_5 # callback API
   snapshot.hpp registration.hpp self.hpp track.hpp callback_options.hpp callback_values.hpp callback_group.hpp callback_registry.hpp)
 set(layer_6 # event bus: built on the callback API
   detail/event_channel.hpp event_bus.hpp cbm.hpp)
+set(layer_7 # optional, needs hiredis: the Redis Streams bridge, built on the event bus
+  redis/error.hpp redis/connection.hpp redis/codec.hpp redis/message.hpp redis/detail/consumer_loop.hpp redis/bridge.hpp)
 
-foreach(layer RANGE 0 6)
+foreach(layer RANGE 0 7)
   foreach(header IN LISTS layer_${layer})
     set(layer_of_${header} ${layer})
   endforeach()
@@ -82,7 +84,8 @@ file(STRINGS "${root}/cbm.hpp" umbrella REGEX "^#include \"")
 foreach(header IN LISTS headers)
   string(FIND "${header}" "detail/" is_detail)
   string(FIND "${header}" "interop/" is_optional)
-  if(is_detail EQUAL 0 OR is_optional EQUAL 0 OR header STREQUAL "cbm.hpp")
+  string(FIND "${header}" "redis/" is_redis)
+  if(is_detail EQUAL 0 OR is_optional EQUAL 0 OR is_redis EQUAL 0 OR header STREQUAL "cbm.hpp")
     continue()
   endif()
   list(FIND umbrella "#include \"${header}\"" found)
