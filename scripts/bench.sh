@@ -21,9 +21,9 @@ case "${1:-}" in
 esac
 
 bash scripts/ensure-packages.sh g++ cmake ninja-build catch2 libbenchmark-dev python3 \
-  libboost-dev libsigc++-3.0-dev pkg-config libasio-dev libconcurrentqueue-dev
+  libboost-dev libsigc++-3.0-dev pkg-config libasio-dev libconcurrentqueue-dev libhiredis-dev redis-server
 cmake --preset release -DCBM_BUILD_BENCHMARKS=ON >/dev/null
-cmake --build --preset release --target emit_bench churn_bench snapshot_bench contention_bench once_bench context_bench read_mostly_bench metrics_bench async_bench bus_bench >&2
+cmake --build --preset release --target emit_bench churn_bench snapshot_bench contention_bench once_bench context_bench read_mostly_bench metrics_bench async_bench bus_bench redis_bench >&2
 
 case "$mode" in
   full)  flags=(--benchmark_repetitions=9 --benchmark_min_time=0.2 --benchmark_report_aggregates_only=true) ;;
@@ -39,6 +39,16 @@ for bench in emit_bench churn_bench snapshot_bench contention_bench once_bench c
   "build/release/bench/$bench" "${flags[@]}" --benchmark_format=json --benchmark_out="$out/$bench.json" \
     --benchmark_out_format=json >/dev/null
 done
+# The Redis bridge against a redis-server of its own on 127.0.0.1 (the test
+# fixture's script; in memory: the numbers are the bridge's, not the disk's).
+redis_dir="$out/redis-server"
+bash tests/redis/redis_fixture.sh start "$redis_dir" memory
+trap 'bash tests/redis/redis_fixture.sh stop "$redis_dir"' EXIT
+echo "== redis_bench ($mode)" >&2
+CBM_REDIS_PORT="$(cat "$redis_dir/port")" build/release/bench/redis_bench "${flags[@]}" --benchmark_format=json \
+  --benchmark_out="$out/redis_bench.json" --benchmark_out_format=json >/dev/null
+bash tests/redis/redis_fixture.sh stop "$redis_dir"
+trap - EXIT
 case "$mode" in
   full)  described="median of 9 repetitions" ;;
   quick) described="quick run: 1 repetition, short timings" ;;

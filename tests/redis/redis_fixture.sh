@@ -2,7 +2,11 @@
 # The CTest fixture of the Redis bridge tests: a real redis-server on
 # 127.0.0.1 (never another address), on a free port, with its files in a
 # directory of its own.
-#   redis_fixture.sh start DIR   starts it; writes DIR/port and DIR/redis.conf
+#   redis_fixture.sh start DIR [durable|memory]
+#                                starts it; writes DIR/port and DIR/redis.conf.
+#                                durable (the default): append-only file,
+#                                fsync on every write; memory (benchmarks):
+#                                no persistence
 #   redis_fixture.sh stop DIR    stops it and removes DIR
 # The tests read DIR/port; the restart test stops the server itself and
 # starts it again from DIR/redis.conf (append-only file on, so the streams
@@ -10,6 +14,7 @@
 set -euo pipefail
 action=$1
 dir=$2
+mode=${3:-durable}
 
 wait_for() {  # wait_for "what" command...: up to 10 s
   local what=$1; shift
@@ -34,11 +39,14 @@ dir $dir
 daemonize yes
 pidfile $dir/redis.pid
 logfile $dir/redis.log
-appendonly yes
-appendfsync always
 save ""
 protected-mode yes
 CONF
+    if [[ "$mode" == durable ]]; then
+      printf 'appendonly yes\nappendfsync always\n' >> "$dir/redis.conf"
+    else
+      printf 'appendonly no\n' >> "$dir/redis.conf"
+    fi
     redis-server "$dir/redis.conf"
     wait_for "redis-server answering on 127.0.0.1:$port" redis-cli -h 127.0.0.1 -p "$port" ping
     echo "$port" > "$dir/port"
