@@ -1164,3 +1164,25 @@ TEST_CASE("redeliveries scheduled from many threads at once arm the bus's one ti
     bus.drain();
     REQUIRE(acked == kThreads * kEvents);
 }
+
+TEST_CASE("a lone subscription that fails after leaving every route meanwhile is dead-lettered, not lost",
+          "[event_bus][unsubscribe]") {
+    EventBus bus;
+    Letters letters;
+    bus.set_dead_letter_handler(std::ref(letters));
+    std::atomic<int> newcomer{0};
+    bus.subscribe<int>([&](cbm::Self& self, const int& n) {
+        if (n != 1) return;
+        self.unregister();  // it leaves; a newcomer comes; a nested publish prunes it from the routes
+        bus.subscribe<int>([&](const int&) { newcomer.fetch_add(1); }, {.name = "newcomer"});
+        bus.publish(2);
+        throw std::runtime_error("failed after leaving");
+    }, {.name = "leaver", .max_deliveries = 3});
+    const cbm::TriggerResult r = bus.publish(1);
+    REQUIRE(r.failed == 1);
+    REQUIRE(letters.size() == 1);
+    REQUIRE(letters.all[0].name == "leaver");
+    REQUIRE(letters.all[0].what().find("failed after leaving") != std::string::npos);
+    REQUIRE(newcomer >= 1);  // the nested publish reached it
+    REQUIRE(bus.subscriber_count<int>() == 1);
+}

@@ -13,6 +13,13 @@
 //
 // Synchronisation: the routes are a Snapshot (wait-free to read, replaced
 // whole under `write_` when a subscription comes or a gone one is pruned).
+// When the routes hold one subscription alone, `lone_` points at it
+// (release after the Snapshot store, acquire in publish()): publish() then
+// triggers it without loading the view, and goes through the view only if
+// the delivery needs more than a return (a failure, a manual ack, a
+// filter, a subscription gone), matching its attempt to the route that
+// holds it; a stale `lone_` is harmless because no subscription is freed
+// before the channel's subscriptions end.
 // A consumer group's round-robin position is one relaxed atomic counter.
 // Counters are relaxed atomics. No cbm lock is held while a handler runs.
 #pragma once
@@ -426,40 +433,52 @@ public:
 
     TriggerResult publish(const E& event) {
         if (core().metrics_on()) counters.published.fetch_add(1, std::memory_order_relaxed);
-        auto view = routes_.load();
-        if (view->size() == 1 && view->front().members.size() == 1) {
-            // One subscription alone: its trigger's result is the answer,
-            // unless it did anything but take the event and return.
-            // (One named result, returned on every path: it is built in
-            // place, never moved field by field.)
-            const Route& route = view->front();
-            Subscription<E>& m = *route.members.front();
-            DeliveryArg<E> arg{&event, 1, &m};
-            TriggerResult r = m.inner.trigger(arg);
+        if (Subscription<E>* m = lone_.load(std::memory_order_acquire)) {
+            // One subscription alone (the common case): its trigger's result
+            // is the answer, unless it did anything but take the event and
+            // return; no view is loaded. (One named result, returned on
+            // every path: it is built in place, never moved field by field.)
+            DeliveryArg<E> arg{&event, 1, m};
+            TriggerResult r = m->inner.trigger(arg);
             if (r.invoked == 1 && r.failed == 0 && !arg.state) [[likely]] {
                 if (core().metrics_on()) {
-                    m.counters.delivered.fetch_add(1, std::memory_order_relaxed);
-                    m.counters.acked.fetch_add(1, std::memory_order_relaxed);
+                    m->counters.delivered.fetch_add(1, std::memory_order_relaxed);
+                    m->counters.acked.fetch_add(1, std::memory_order_relaxed);
                 }
             } else {
                 Made made{std::move(r), std::move(arg)};
-                r = TriggerResult{};
-                Attempt<E> a;
-                a.event = &event;
-                a.route = route.state.get();
-                a.result = &r;
-                deliver_members(std::span<const SubscriptionRef<E>>(route.members), 0, 1, std::move(a), nullptr, &made);
+                r = publish_routes(event, &made);
             }
             return r;
         }
+        return publish_routes(event, nullptr);
+    }
+
+    // publish() through the routes: `made` (if any) is the attempt the fast
+    // path already made for its lone subscription, concluded in that
+    // subscription's route (or given up on, if it was pruned meanwhile).
+    TriggerResult publish_routes(const E& event, Made* made) {
         TriggerResult result;
+        auto view = routes_.load();
         for (const Route& route : *view) {
             Attempt<E> a;
             a.event = &event;
             a.route = route.state.get();
             a.result = &result;
+            if (made != nullptr) {
+                const auto& ms = route.members;
+                const auto it = std::find_if(ms.begin(), ms.end(),
+                                             [&](const SubscriptionRef<E>& x) { return x.get() == made->arg.subscription; });
+                if (it != ms.end()) {
+                    deliver_members(std::span<const SubscriptionRef<E>>(ms), static_cast<std::size_t>(it - ms.begin()),
+                                    ms.size(), std::move(a), nullptr, made);
+                    made = nullptr;
+                    continue;
+                }
+            }
             deliver_route(route, std::move(a));
         }
+        if (made != nullptr) conclude_without_route(event, *made, result);
         return result;
     }
 
@@ -580,6 +599,7 @@ public:
             std::lock_guard<std::mutex> lock(write_);
             try {
                 gone_view = *routes_.load();
+                lone_.store(nullptr, std::memory_order_release);
                 routes_.store(View{});
             } catch (...) {  // no memory for an empty view: they end with the channel
             }
@@ -618,6 +638,32 @@ public:
     }
 
 private:
+    // The fast path's attempt for a subscription that left every route
+    // before it could be concluded there (unsubscribed and pruned in
+    // between): acked if it succeeded, else given up on (no route is left
+    // to redeliver to).
+    void conclude_without_route(const E& event, Made& made, TriggerResult& result) noexcept {
+        Subscription<E>& m = *made.arg.subscription;
+        std::exception_ptr error;
+        DeliveryStateRef state;
+        AttemptOutcome outcome = AttemptOutcome::gone;
+        try {
+            outcome = m.classify(made.result, made.arg, &result, error, state);
+        } catch (...) {
+            error = std::current_exception();
+            outcome = AttemptOutcome::failed;
+        }
+        if (outcome == AttemptOutcome::acked) {
+            if (core().metrics_on()) m.counters.acked.fetch_add(1, std::memory_order_relaxed);
+            return;
+        }
+        if (outcome == AttemptOutcome::filtered || outcome == AttemptOutcome::gone) return;  // it was never its event
+        if (state) state->settle(DeliveryStatus::failed);
+        Attempt<E> a;
+        a.event = &event;
+        give_up(a, m, error ? error : gone_error());
+    }
+
     void publish_view(View&& next) {
         for (Route& r : next) {
             r.priority = r.members.empty() ? 0 : r.members.front()->priority;
@@ -632,7 +678,10 @@ private:
         std::stable_sort(next.begin(), next.end(), [](const Route& a, const Route& b) {
             return a.priority != b.priority ? a.priority > b.priority : a.order < b.order;
         });
+        Subscription<E>* lone = next.size() == 1 && next.front().members.size() == 1 ? next.front().members.front().get()
+                                                                                   : nullptr;
         routes_.store(std::move(next));
+        lone_.store(lone, std::memory_order_release);
     }
 
     // Removes members that are gone (unregistered, or a once that ran);
@@ -944,6 +993,12 @@ private:
     }
 
     Snapshot<View> routes_;
+    // The subscription of a view that has just one (one route, one
+    // member), for publish() to reach without loading the view. Read with
+    // no protection: a subscription that was ever in a view stays alive
+    // while the channel's subscriptions do (a pruned one waits in gone_),
+    // which end only when the bus goes.
+    std::atomic<Subscription<E>*> lone_{nullptr};
     mutable std::mutex write_;                    // writers of routes_; gone_; the typed handler
     std::vector<SubscriptionRef<E>> gone_;        // pruned members, kept for their numbers
     std::shared_ptr<const std::function<void(const DeadLetter&, const E&)>> typed_dead_letter_;
