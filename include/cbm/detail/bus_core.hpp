@@ -183,7 +183,8 @@ private:
 // The type-erased side of Channel<E>.
 class ChannelBase {
 public:
-    ChannelBase(std::string type_name, BusCore& core) : type_name_(std::move(type_name)), core_(&core) {}
+    ChannelBase(std::string type_name, BusCore& core, bool metrics)
+        : type_name_(std::move(type_name)), core_(&core), metrics_(metrics) {}
     ChannelBase(const ChannelBase&) = delete;
     ChannelBase& operator=(const ChannelBase&) = delete;
     virtual ~ChannelBase() = default;
@@ -204,6 +205,14 @@ public:
 private:
     const std::string type_name_;
     BusCore* const core_;
+
+public:
+    // The core's metrics setting, kept here: publish() reads it without
+    // going through the core.
+    bool metrics_on() const noexcept { return metrics_; }
+
+private:
+    const bool metrics_;
 };
 
 // How many times a delivery is tried per event and how long to wait.

@@ -77,6 +77,11 @@ struct DeliveryArg {
     Subscription<E>* subscription;
     EnvelopeBase* envelope = nullptr;  // a posted event's (a Delivery<E> keeps it); null when published
     mutable bool filtered = false;  // set when the subscription's own filter said no
+    // Set when the handler returned (not threw). The fast paths test this
+    // and `failed` rather than the whole result: one load, where testing
+    // two adjacent counts made the compiler load them as one 16-byte word
+    // just written by two 8-byte stores, which stalls store forwarding.
+    bool completed = false;
     // The handler's Delivery state, if its handler takes one.
     DeliveryStateRef state = {};
 };
@@ -369,6 +374,7 @@ struct EventHandler {
         } else {
             check_result([&] { return std::invoke(f, self, *arg.event); });
         }
+        arg.completed = true;
     }
 
 private:
@@ -400,7 +406,8 @@ class Channel final : public ChannelBase {
     using View = std::vector<Route>;
 
 public:
-    Channel(std::string type_name, BusCore& core) : ChannelBase(std::move(type_name), core), routes_(View{}) {}
+    Channel(std::string type_name, BusCore& core)
+        : ChannelBase(std::move(type_name), core, core.metrics_on()), routes_(View{}) {}
 
     ~Channel() override = default;
 
@@ -432,7 +439,7 @@ public:
     // ---- publish ---------------------------------------------------------------
 
     TriggerResult publish(const E& event) {
-        if (core().metrics_on()) counters.published.fetch_add(1, std::memory_order_relaxed);
+        if (metrics_on()) counters.published.fetch_add(1, std::memory_order_relaxed);
         if (Subscription<E>* m = lone_.load(std::memory_order_acquire)) {
             // One subscription alone (the common case): its trigger's result
             // is the answer, unless it did anything but take the event and
@@ -440,8 +447,8 @@ public:
             // every path: it is built in place, never moved field by field.)
             DeliveryArg<E> arg{&event, 1, m};
             TriggerResult r = m->inner.trigger(arg);
-            if (r.invoked == 1 && r.failed == 0 && !arg.state) [[likely]] {
-                if (core().metrics_on()) {
+            if (arg.completed && r.failed == 0 && !arg.state) [[likely]] {
+                if (metrics_on()) {
                     m->counters.delivered.fetch_add(1, std::memory_order_relaxed);
                     m->counters.acked.fetch_add(1, std::memory_order_relaxed);
                 }
@@ -547,7 +554,7 @@ public:
         Subscription<E>& member = *parked.member;
         switch (status) {
             case DeliveryStatus::acked:
-                if (core().metrics_on()) member.counters.acked.fetch_add(1, std::memory_order_relaxed);
+                if (metrics_on()) member.counters.acked.fetch_add(1, std::memory_order_relaxed);
                 break;
             case DeliveryStatus::nacked:
                 member.counters.nacked.fetch_add(1, std::memory_order_relaxed);
@@ -654,7 +661,7 @@ private:
             outcome = AttemptOutcome::failed;
         }
         if (outcome == AttemptOutcome::acked) {
-            if (core().metrics_on()) m.counters.acked.fetch_add(1, std::memory_order_relaxed);
+            if (metrics_on()) m.counters.acked.fetch_add(1, std::memory_order_relaxed);
             return;
         }
         if (outcome == AttemptOutcome::filtered || outcome == AttemptOutcome::gone) return;  // it was never its event
@@ -735,8 +742,8 @@ private:
             } catch (...) {  // no memory for a result: the general path tries again
                 made.reset();
             }
-            if (made && made->result.invoked == 1 && made->result.failed == 0 && !made->arg.state) [[likely]] {
-                if (core().metrics_on()) {
+            if (made && made->arg.completed && made->result.failed == 0 && !made->arg.state) [[likely]] {
+                if (metrics_on()) {
                     m.counters.delivered.fetch_add(1, std::memory_order_relaxed);
                     m.counters.acked.fetch_add(1, std::memory_order_relaxed);
                 }
@@ -782,7 +789,7 @@ private:
             }
             switch (outcome) {
                 case AttemptOutcome::acked:
-                    if (core().metrics_on()) m.counters.acked.fetch_add(1, std::memory_order_relaxed);
+                    if (metrics_on()) m.counters.acked.fetch_add(1, std::memory_order_relaxed);
                     return true;
                 case AttemptOutcome::failed:
                     m.counters.failed.fetch_add(1, std::memory_order_relaxed);
@@ -947,7 +954,7 @@ private:
         // It cannot wait: failed, unless the handler's copy settled it first.
         auto cannot_wait = [&](std::exception_ptr why) {
             if (!parked->settle(DeliveryStatus::failed) && parked->final_status() == DeliveryStatus::acked) {
-                if (core().metrics_on()) member.counters.acked.fetch_add(1, std::memory_order_relaxed);
+                if (metrics_on()) member.counters.acked.fetch_add(1, std::memory_order_relaxed);
             } else {
                 give_up(a, member, std::move(why));
             }
