@@ -22,6 +22,7 @@
 #include <vector>
 
 #include "manual_clock.hpp"
+#include "dead_letters.hpp"
 #include "test_support.hpp"
 
 using namespace std::chrono_literals;
@@ -71,18 +72,7 @@ cbm::RedeliveryBackoff fixed(std::chrono::nanoseconds wait) {
     return {.initial = wait, .multiplier = 1.0, .max = wait, .jitter = 0.0};
 }
 
-struct Letters {
-    std::mutex mutex;
-    std::vector<cbm::DeadLetter> all;
-    void operator()(const cbm::DeadLetter& d) {
-        std::lock_guard<std::mutex> lock(mutex);
-        all.push_back(d);
-    }
-    std::size_t size() {
-        std::lock_guard<std::mutex> lock(mutex);
-        return all.size();
-    }
-};
+using Letters = cbm_test::DeadLetters;
 
 const cbm::SubscriptionMetrics& sub_metrics(const cbm::EventBusMetrics& m, std::string_view type, std::string_view name) {
     for (const auto& t : m.types) {

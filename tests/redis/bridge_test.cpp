@@ -27,6 +27,7 @@
 #include <vector>
 
 #include "redis_test_support.hpp"
+#include "dead_letters.hpp"
 #include "test_support.hpp"
 
 extern char** environ;
@@ -62,18 +63,7 @@ struct Seen {
     }
 };
 
-struct Letters {
-    std::mutex mutex;
-    std::vector<cbm::DeadLetter> all;
-    void operator()(const cbm::DeadLetter& d) {
-        std::lock_guard<std::mutex> lock(mutex);
-        all.push_back(d);
-    }
-    std::size_t size() {
-        std::lock_guard<std::mutex> lock(mutex);
-        return all.size();
-    }
-};
+using Letters = cbm_test::DeadLetters;
 
 // A field of the first entry of a stream (the dead-letter stream, say).
 std::string first_entry_field(cbm::redis::Connection& c, const std::string& stream, std::string_view field) {

@@ -104,28 +104,21 @@ struct BridgeHandlers {
     DeadLetterHandler dead_letter;
     ErrorHandler error;
 
-    void report_dead_letter(const DeadLetter& letter) noexcept {
-        DeadLetterHandler h;
-        {
-            std::lock_guard<std::mutex> lock(mutex);
-            h = dead_letter;
-        }
-        if (!h) return;
+    void report_dead_letter(const DeadLetter& letter) noexcept { report(&BridgeHandlers::dead_letter, letter); }
+    void report_failure(const Failure& failure) noexcept { report(&BridgeHandlers::error, failure); }
+
+private:
+    // Calls the handler `which` (copied under the mutex, called outside it).
+    template <class Handler, class Arg>
+    void report(Handler BridgeHandlers::*which, const Arg& arg) noexcept {
         try {
-            h(letter);
-        } catch (...) {  // a handler that throws stops nothing
-        }
-    }
-    void report_failure(const Failure& failure) noexcept {
-        ErrorHandler h;
-        {
-            std::lock_guard<std::mutex> lock(mutex);
-            h = error;
-        }
-        if (!h) return;
-        try {
-            h(failure);
-        } catch (...) {
+            Handler h;
+            {
+                std::lock_guard<std::mutex> lock(mutex);
+                h = this->*which;
+            }
+            if (h) h(arg);
+        } catch (...) {  // a handler that throws (or no memory to copy it) stops nothing
         }
     }
 };
