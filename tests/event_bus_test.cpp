@@ -797,6 +797,29 @@ TEST_CASE("with an executor, posted events are delivered on it and drain() waits
     REQUIRE(on_pool == 200);
 }
 
+TEST_CASE("drain() leaves an event to the executor task that is about to deliver it, round after round", "[event_bus][executor]") {
+    // Regression: a pump counted itself done before it took its event, so a
+    // drain() woken in between found work and no pump and delivered it on
+    // the draining thread.
+    cbm_test::Watchdog watchdog("drain leaves work to the pump");
+    cbm::ThreadPool pool({.min_threads = 1, .max_threads = 1});
+    EventBus bus({.executor = pool.executor()});
+    std::atomic<int> on_caller{0};
+    std::atomic<int> handled{0};
+    const auto me = std::this_thread::get_id();
+    bus.subscribe<int>([&](const int&) {
+        on_caller.fetch_add(std::this_thread::get_id() == me ? 1 : 0);
+        handled.fetch_add(1);
+    });
+    constexpr int kRounds = 5000;
+    for (int i = 0; i < kRounds; ++i) {
+        bus.post(i);
+        bus.drain();
+    }
+    REQUIRE(handled == kRounds);
+    REQUIRE(on_caller == 0);
+}
+
 TEST_CASE("a subscription's own executor runs its queued deliveries; a slow one delays no other",
           "[event_bus][executor]") {
     cbm_test::Watchdog watchdog("subscription executor");

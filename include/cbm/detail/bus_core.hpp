@@ -846,11 +846,17 @@ private:
         ~Pump() {
             if (core) core->pump_done(false, for_due);  // dropped (or refused) unrun
         }
+        // It stays in pumps_outstanding_ until it has delivered: counted
+        // done first, a drain() woken in between would find the work and no
+        // task on its way, and deliver it on the draining thread. It leaves
+        // due_pumps_ before it delivers, so that work falling due meanwhile
+        // gets a task of its own from the timer.
         void operator()() {
             if (!core) return;
             SelfRef mine = std::move(core);
-            mine->pump_done(true, for_due);
+            if (for_due) mine->due_pump_started();
             mine->pump_one();
+            mine->pump_done(true, false);
         }
     };
 
@@ -870,6 +876,11 @@ private:
         if (for_due) --due_pumps_;
         if (!ran) ++pumps_dropped_;
         if (draining_ != 0) idle_.notify_all();
+    }
+
+    void due_pump_started() noexcept {
+        std::lock_guard<std::mutex> lock(mutex_);
+        --due_pumps_;
     }
 
     void pump_one() noexcept { deliver_here(1, true); }
