@@ -3,8 +3,10 @@
 // trace ids, consumer groups, a consumer process killed mid-delivery,
 // poison and undecodable entries, a server restart, graceful stops and the
 // EventBus attachment. Waits are bounded; nothing sleeps to synchronise.
+#include <cbm/callback_registry.hpp>
 #include <cbm/event_bus.hpp>
 #include <cbm/redis/bridge.hpp>
+#include <cbm/thread_pool.hpp>
 #include <cbm/trace.hpp>
 
 #include <catch2/catch.hpp>
@@ -351,4 +353,213 @@ TEST_CASE("subscribe rejects options that make no sense, and publish to an unrea
     REQUIRE_THROWS_AS(bridge.publish("t", std::string("x")), cbm::redis::ConnectionError);
     REQUIRE(bridge.publish_failures() == 2);
     REQUIRE(bridge.published() == 0);
+}
+
+namespace {
+
+// Destroys the first task it is given without running it; runs the others
+// at once.
+struct DropFirstExecutor {
+    std::shared_ptr<std::atomic<int>> given = std::make_shared<std::atomic<int>>(0);
+    template <class F>
+    void execute(F&& f) const {
+        if (given->fetch_add(1) == 0) {
+            [[maybe_unused]] auto dropped = std::forward<F>(f);
+            return;
+        }
+        std::forward<F>(f)();
+    }
+};
+
+// Takes no work: execute() throws and leaves the task with the caller.
+struct RefusingExecutor {
+    template <class F>
+    void execute(F&&) const {
+        throw std::runtime_error("no room");
+    }
+};
+
+// The errors a bridge's error handler receives.
+struct Errors {
+    std::mutex mutex;
+    std::vector<std::exception_ptr> all;
+    void operator()(const cbm::Failure& f) {
+        std::lock_guard<std::mutex> lock(mutex);
+        all.push_back(f.error);
+    }
+    std::size_t count_with(std::error_code code) {
+        std::lock_guard<std::mutex> lock(mutex);
+        std::size_t n = 0;
+        for (const auto& e : all) n += cbm_test::code_of(e) == code ? 1 : 0;
+        return n;
+    }
+};
+
+}  // namespace
+
+TEST_CASE("with an executor, a consumer's handlers run on it, a batch's entries at once, and the batch is "
+          "acknowledged once all of them ran",
+          "[redis][executor]") {
+    cbm_test::Watchdog watchdog("redis executor");
+    const std::string topic = unique_topic("executor");
+    Bridge bridge({.endpoint = fixture_endpoint()});
+    constexpr int kEntries = 20;
+    for (int i = 0; i < kEntries; ++i) bridge.publish(topic, "e" + std::to_string(i));
+    cbm::ThreadPool pool({.min_threads = 4, .max_threads = 4});
+    std::atomic<int> inside{0};
+    std::atomic<int> most_inside{0};
+    std::mutex m;
+    std::set<std::thread::id> threads;
+    Seen seen;
+    auto consumer = bridge.subscribe<std::string>(topic, [&](const Message<std::string>& msg) {
+        const int now = inside.fetch_add(1) + 1;
+        int seen_most = most_inside.load();
+        while (now > seen_most && !most_inside.compare_exchange_weak(seen_most, now)) {
+        }
+        {
+            std::lock_guard<std::mutex> lock(m);
+            threads.insert(std::this_thread::get_id());
+        }
+        // Each of the first two waits (bounded) until another handler runs
+        // beside it: one at a time, this never happens.
+        if (msg.event == "e0" || msg.event == "e1") cbm_test::eventually([&] { return most_inside.load() >= 2; }, 10s);
+        seen.add(msg);
+        inside.fetch_sub(1);
+    }, {.group = "g", .consumer = "c", .batch = kEntries, .from_beginning = true, .executor = pool.executor()});
+    REQUIRE(cbm_test::eventually([&] { return consumer.metrics().acked == kEntries; }));
+    REQUIRE(most_inside >= 2);
+    REQUIRE(seen.distinct() == kEntries);
+    REQUIRE(seen.total() == kEntries);
+    {
+        std::lock_guard<std::mutex> lock(m);
+        REQUIRE(threads.size() >= 2);
+        REQUIRE(threads.count(std::this_thread::get_id()) == 0);
+    }
+    cbm::redis::Connection raw(fixture_endpoint());
+    REQUIRE(cbm_redis_test::pending(raw, topic, "g") == 0);
+}
+
+TEST_CASE("an entry whose task the executor drops fails with task_dropped, stays pending and is delivered again",
+          "[redis][executor]") {
+    cbm_test::Watchdog watchdog("redis dropped task");
+    const std::string topic = unique_topic("dropped");
+    Bridge bridge({.endpoint = fixture_endpoint()});
+    Errors errors;
+    bridge.set_error_handler(std::ref(errors));
+    Seen seen;
+    auto consumer = bridge.subscribe<std::string>(topic, [&](const Message<std::string>& msg) { seen.add(msg); },
+                                                  {.group = "g", .consumer = "c", .ack_timeout = 50ms,
+                                                   .from_beginning = true, .executor = DropFirstExecutor{}});
+    bridge.publish(topic, std::string("first"));
+    REQUIRE(cbm_test::eventually([&] { return seen.total() == 1; }));
+    {
+        std::lock_guard<std::mutex> lock(seen.mutex);
+        REQUIRE(seen.deliveries["first"] == std::vector<std::uint32_t>{2});  // the first delivery never ran
+    }
+    REQUIRE(errors.count_with(cbm::errc::task_dropped) == 1);
+    cbm::redis::Connection raw(fixture_endpoint());
+    REQUIRE(cbm_test::eventually([&] { return cbm_redis_test::pending(raw, topic, "g") == 0; }));
+    const auto metrics = consumer.metrics();
+    REQUIRE(metrics.failed == 1);
+    REQUIRE(metrics.acked == 1);
+    REQUIRE(metrics.received == 2);
+}
+
+TEST_CASE("an executor that refuses a task leaves it to the consumer's own thread: nothing is lost",
+          "[redis][executor]") {
+    cbm_test::Watchdog watchdog("redis refusing executor");
+    const std::string topic = unique_topic("refused");
+    Bridge bridge({.endpoint = fixture_endpoint()});
+    for (int i = 0; i < 5; ++i) bridge.publish(topic, "e" + std::to_string(i));
+    Seen seen;
+    auto consumer = bridge.subscribe<std::string>(topic, [&](const Message<std::string>& msg) { seen.add(msg); },
+                                                  {.group = "g", .consumer = "c", .from_beginning = true,
+                                                   .executor = RefusingExecutor{}});
+    REQUIRE(cbm_test::eventually([&] { return consumer.metrics().acked == 5; }));
+    REQUIRE(seen.total() == 5);
+    REQUIRE(consumer.metrics().failed == 0);
+}
+
+TEST_CASE("an attached CallbackRegistry runs the callbacks of each entry's key under the remote trace id, and a "
+          "failed one leaves the entry pending to come again",
+          "[redis][registry]") {
+    cbm_test::Watchdog watchdog("redis registry");
+    const std::string topic = unique_topic("registry");
+    Bridge bridge({.endpoint = fixture_endpoint()});
+    cbm::CallbackRegistry<std::string, void(const std::string&)> registry;
+    std::mutex m;
+    std::vector<std::string> paid;
+    std::vector<std::string> shipped;
+    std::vector<std::string> traces;
+    std::atomic<int> ship_refusals{0};
+    auto on_paid = registry.add("paid", [&](const std::string& e) {
+        std::lock_guard<std::mutex> lock(m);
+        paid.push_back(e);
+        traces.push_back(cbm::trace_id());
+    });
+    auto on_shipped = registry.add("shipped", [&](const std::string& e) {
+        if (ship_refusals.fetch_add(1) == 0) throw std::runtime_error("carrier down");
+        std::lock_guard<std::mutex> lock(m);
+        shipped.push_back(e);
+    });
+    // The key is the event's text up to ':'.
+    auto consumer = bridge.attach(topic, registry, [](const std::string& e) { return e.substr(0, e.find(':')); },
+                                  {.group = "g", .consumer = "c", .ack_timeout = 50ms, .from_beginning = true});
+    {
+        cbm::Context request = cbm::with_trace_id(cbm::Context::background(), "req-7");
+        cbm::ContextScope scope(request);
+        bridge.publish(topic, std::string("paid:o1"));
+        bridge.publish(topic, std::string("shipped:o1"));
+        bridge.publish(topic, std::string("refunded:o1"));  // no callbacks under that key: acknowledged
+    }
+    REQUIRE(cbm_test::eventually([&] {
+        std::lock_guard<std::mutex> lock(m);
+        return shipped.size() == 1;
+    }));
+    cbm::redis::Connection raw(fixture_endpoint());
+    REQUIRE(cbm_test::eventually([&] { return cbm_redis_test::pending(raw, topic, "g") == 0; }));
+    {
+        std::lock_guard<std::mutex> lock(m);
+        REQUIRE(paid == std::vector<std::string>{"paid:o1"});
+        REQUIRE(shipped == std::vector<std::string>{"shipped:o1"});
+        REQUIRE(traces == std::vector<std::string>{"req-7"});
+    }
+    REQUIRE(ship_refusals == 2);
+    REQUIRE(consumer.metrics().failed == 1);
+    REQUIRE(consumer.metrics().acked == 3);
+}
+
+TEST_CASE("a registry attached under one fixed key runs that key's callbacks, and a handler deadline that passes "
+          "fails the delivery",
+          "[redis][registry]") {
+    cbm_test::Watchdog watchdog("redis registry fixed key");
+    const std::string topic = unique_topic("registry-key");
+    Bridge bridge({.endpoint = fixture_endpoint()});
+    Errors errors;
+    bridge.set_error_handler(std::ref(errors));
+    cbm::CallbackRegistry<std::string, void(const std::string&)> registry;
+    std::atomic<int> ran{0};
+    std::atomic<bool> first_waits{true};
+    std::atomic<bool> saw_deadline{false};
+    // The first callback outlasts the deadline (it waits for the context's
+    // own cancellation), so the second is cut short.
+    auto slow = registry.add("audit", [&](const std::string&) {
+        ran++;
+        if (first_waits.exchange(false)) {
+            saw_deadline = cbm_test::eventually(
+                [] { return cbm::current_context().err() == cbm::errc::deadline_exceeded; });
+        }
+    }, {.priority = 2});
+    auto after = registry.add("audit", [&](const std::string&) { ran++; }, {.priority = 1});
+    auto consumer = bridge.attach(topic, registry, std::string("audit"),
+                                  {.group = "g", .consumer = "c", .ack_timeout = 50ms, .handler_timeout = 20ms,
+                                   .from_beginning = true});
+    bridge.publish(topic, std::string("x"));
+    cbm::redis::Connection raw(fixture_endpoint());
+    REQUIRE(cbm_test::eventually([&] { return consumer.metrics().acked == 1; }));
+    REQUIRE(cbm_test::eventually([&] { return cbm_redis_test::pending(raw, topic, "g") == 0; }));
+    REQUIRE(consumer.metrics().failed == 1);
+    REQUIRE(saw_deadline);
+    REQUIRE(errors.count_with(cbm::errc::deadline_exceeded) == 1);
+    REQUIRE(ran == 3);  // slow (after it is cut short); then slow and after again
 }

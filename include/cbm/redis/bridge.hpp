@@ -23,7 +23,11 @@
 //
 // Consumers run on threads of their own, one connection each, and
 // reconnect with backoff when the server goes away (the group and the
-// stream are created again if the server lost them). publish() does not
+// stream are created again if the server lost them). A consumer's handler
+// runs on its thread, or, with ConsumeOptions::executor, on that executor:
+// a batch's entries at once, acknowledged when all of them ran. Besides a
+// handler, a consumer can feed an EventBus or a CallbackRegistry
+// (attach()). publish() does not
 // buffer: while the server cannot be reached it throws ConnectionError.
 //
 // Thread safety: every member may be called from any thread at once.
@@ -43,10 +47,13 @@
 #include <stdexcept>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <type_traits>
 #include <utility>
 #include <vector>
 
+#include "../callback_registry.hpp"
+#include "../context.hpp"
 #include "../error_policy.hpp"
 #include "../event_bus.hpp"
 #include "../trace.hpp"
@@ -138,7 +145,9 @@ public:
     }
 
     // Effect: starts a consumer of `topic` in `options.group`, on a thread
-    // of its own: `handler` receives each entry decoded by `codec`, as
+    // of its own: `handler` receives each entry decoded by `codec` (on that
+    // thread, or on options.executor when set: then on several threads at
+    // once, so it must be thread-safe), as
     // `const E&` or as `const cbm::redis::Message<E>&`, under a Context that
     // carries the publisher's trace id (and the handler_timeout deadline).
     // A handler that returns acknowledges the entry; one that throws fails
@@ -176,15 +185,36 @@ public:
 
     // Effect: as subscribe(), delivering each entry to `bus` with
     // publish(): the entry is acknowledged when every delivery the bus made
-    // succeeded. `bus` must outlive the consumer.
+    // succeeded (a failed one leaves it pending, to come again for all the
+    // bus's subscribers). `bus` must outlive the consumer.
     template <class E, class C = codec<E>>
         requires Codec<C, E>
     [[nodiscard]] Consumer attach(std::string topic, EventBus& bus, ConsumeOptions options, const C& codec = C{}) {
         return subscribe<E>(
+            std::move(topic), [&bus](const E& event) { require_ok(bus.publish(event)); }, std::move(options), codec);
+    }
+
+    // Effect: as subscribe(), running the callbacks `registry` holds under
+    // the key `key_of(event)` (or under `key_of` itself, when it is a key)
+    // with registry.trigger(current_context(), key, event), so the
+    // handler_timeout deadline and the trace id reach them. The entry is
+    // acknowledged when the trigger was ok(): no callback failed and none
+    // was cut short. A key with no callbacks acknowledges it. `registry`
+    // must outlive the consumer.
+    // Throws: as subscribe().
+    template <class Key, class E, class Hash, class KeyEqual, class KeyOf, class C = codec<E>>
+        requires Codec<C, E> &&
+                 (std::is_invocable_r_v<Key, const KeyOf&, const E&> || std::is_convertible_v<const KeyOf&, Key>)
+    [[nodiscard]] Consumer attach(std::string topic, CallbackRegistry<Key, void(const E&), Hash, KeyEqual>& registry,
+                                  KeyOf key_of, ConsumeOptions options, const C& codec = C{}) {
+        return subscribe<E>(
             std::move(topic),
-            [&bus](const E& event) {
-                const TriggerResult r = bus.publish(event);
-                if (!r.failures.empty()) std::rethrow_exception(r.failures.front().error);
+            [&registry, key_of = std::move(key_of)](const E& event) {
+                if constexpr (std::is_invocable_r_v<Key, const KeyOf&, const E&>) {
+                    require_ok(registry.trigger(current_context(), std::invoke(key_of, event), event));
+                } else {
+                    require_ok(registry.trigger(current_context(), static_cast<Key>(key_of), event));
+                }
             },
             std::move(options), codec);
     }
@@ -264,6 +294,17 @@ private:
         }
         published_.fetch_add(ids.size(), std::memory_order_relaxed);
         return ids;
+    }
+
+    // A trigger that was not ok() fails the delivery: with its first
+    // failure, or with why it was cut short (the context's error code).
+    static void require_ok(const TriggerResult& r) {
+        if (!r.failures.empty()) std::rethrow_exception(r.failures.front().error);
+        if (r.stopped) {
+            const std::error_code why = current_context().err();
+            if (why) throw std::system_error(why, "cbm::redis: the local callbacks were cut short");
+            throw Error("cbm::redis: the local callbacks were cut short (ErrorPolicy::stop)");
+        }
     }
 
     static void validate(const std::string& topic, const ConsumeOptions& o) {

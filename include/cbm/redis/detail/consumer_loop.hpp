@@ -6,9 +6,13 @@
 // backoff when the server goes away.
 //
 // Synchronisation: the loop's own thread is the only one that touches its
-// connection. Counters are relaxed atomics read by metrics(). Stopping is a
-// std::stop_token: the loop sees it between batches (a read blocks at most
-// `block`), so the batch in hand is finished and acknowledged first.
+// connection. With an executor, the handlers of one batch run as tasks on
+// it; each task writes only its own entry's result, under the batch's
+// mutex, and the loop reads the results (and acknowledges) only after
+// every task of the batch ran or was dropped. Counters are relaxed atomics
+// read by metrics(). Stopping is a std::stop_token: the loop sees it
+// between batches (a read blocks at most `block`), so the batch in hand is
+// finished and acknowledged first.
 #pragma once
 
 #include <unistd.h>
@@ -27,12 +31,15 @@
 #include <stop_token>
 #include <string>
 #include <string_view>
+#include <system_error>
 #include <thread>
 #include <utility>
 #include <vector>
 
 #include "../../context.hpp"
+#include "../../errc.hpp"
 #include "../../error_policy.hpp"
+#include "../../executor.hpp"
 #include "../../trace.hpp"
 #include "../connection.hpp"
 #include "../error.hpp"
@@ -67,6 +74,13 @@ struct ConsumeOptions {
     bool from_beginning = false;
     // Reported in Failure::name and DeadLetter::name. "": the group's name.
     std::string name = {};
+    // Where the handler runs. Empty: on the consumer's own thread, one entry
+    // after another. Set: each entry of a batch is one task on it, so up to
+    // `batch` entries are handled at once (the handler must then be
+    // thread-safe); the batch is acknowledged once every task ran. A task
+    // the executor refuses (throws) runs on the consumer's thread; one it
+    // destroys unrun fails that delivery with errc::task_dropped.
+    AnyExecutor executor = {};
 };
 
 // A consumer's numbers.
@@ -271,7 +285,7 @@ private:
                 entries[i].deliveries = 2;  // acknowledged meanwhile (it will not be again): a redelivery all the same
             }
         }
-        deliver(entries);
+        deliver(std::move(entries));
     }
 
     void read_new() {
@@ -285,7 +299,7 @@ private:
         const ReplyView stream = r[0];
         if (stream.size() < 2) throw Error("cbm::redis: XREADGROUP: unexpected reply");
         std::vector<Entry> entries = parse_entries(stream[1]);
-        deliver(entries);
+        deliver(std::move(entries));
     }
 
     // [[id, [field, value, ...]], ...]
@@ -315,19 +329,38 @@ private:
     // Runs each entry; acknowledges, in one command, those handled or
     // dead-lettered. A failed entry with deliveries left stays pending: it
     // is claimed again after ack_timeout.
-    void deliver(const std::vector<Entry>& entries) {
+    void deliver(std::vector<Entry> entries) {
+        const std::size_t n = entries.size();
+        std::vector<Outcome> outcomes(n, Outcome::pending);
+        std::vector<bool> to_run(n, false);
+        for (std::size_t i = 0; i < n; ++i) {
+            received_.fetch_add(1, std::memory_order_relaxed);
+            const std::optional<Outcome> refused = refuse(entries[i]);
+            if (refused) {
+                outcomes[i] = *refused;
+            } else {
+                to_run[i] = true;
+            }
+        }
+        if (options_.executor) {
+            auto batch = std::make_shared<Batch>(std::move(entries));
+            run_on_executor(batch, to_run);
+            std::lock_guard<std::mutex> lock(batch->mutex);  // (every task is done: for the reads' ordering)
+            entries = std::move(batch->entries);
+            for (std::size_t i = 0; i < n; ++i) {
+                if (to_run[i]) outcomes[i] = settle(entries[i], batch->results[i]);
+            }
+        } else {
+            for (std::size_t i = 0; i < n; ++i) {
+                if (to_run[i]) outcomes[i] = settle(entries[i], run_handler(entries[i]));
+            }
+        }
         std::vector<std::string_view> ack{"XACK", topic_, options_.group};
         std::uint64_t handled = 0;
-        for (const Entry& e : entries) {
-            received_.fetch_add(1, std::memory_order_relaxed);
-            switch (deliver_one(e)) {
-                case Outcome::handled:
-                    ++handled;
-                    ack.push_back(e.id);
-                    break;
-                case Outcome::dead_lettered: ack.push_back(e.id); break;
-                case Outcome::pending: break;
-            }
+        for (std::size_t i = 0; i < n; ++i) {
+            if (outcomes[i] == Outcome::pending) continue;
+            if (outcomes[i] == Outcome::handled) ++handled;
+            ack.push_back(entries[i].id);
         }
         if (ack.size() == 3) return;
         connection_->command(std::span<const std::string_view>(ack)).check("XACK");
@@ -336,7 +369,15 @@ private:
 
     enum class Outcome : std::uint8_t { handled, dead_lettered, pending };
 
-    Outcome deliver_one(const Entry& e) {
+    // What one run of the handler left: no error, its error, or a decode error.
+    struct HandlerResult {
+        std::exception_ptr error;
+        bool decode = false;
+    };
+
+    // An entry no handler may see (no payload, delivered too often): its
+    // dead-lettering. Else nothing.
+    std::optional<Outcome> refuse(const Entry& e) {
         if (!e.has_payload) {
             return dead_letter(e, std::make_exception_ptr(Error("cbm::redis: the entry has no \"data\" field")), true);
         }
@@ -346,6 +387,13 @@ private:
                                       " times, more than max_deliveries (" + std::to_string(options_.max_deliveries) + ")")),
                                false);
         }
+        return std::nullopt;
+    }
+
+    // Runs the handler on this thread under a Context with the entry's
+    // trace id (and the handler_timeout deadline). Touches no connection:
+    // executor tasks call it.
+    HandlerResult run_handler(const Entry& e) noexcept {
         try {
             Context ctx = with_trace_id(Context::background(), e.trace_id);
             if (options_.handler_timeout.count() > 0) {
@@ -356,16 +404,89 @@ private:
                 ContextScope scope(ctx);
                 invoke_(e.payload, EntryInfo{topic_, e.id, e.deliveries, e.trace_id});
             }
-            return Outcome::handled;
+            return {};
         } catch (const DecodeError&) {
-            return dead_letter(e, std::current_exception(), true);
+            return {std::current_exception(), true};
         } catch (...) {
-            failed_.fetch_add(1, std::memory_order_relaxed);
-            const std::exception_ptr error = std::current_exception();
-            report_failure(error);
-            if (e.deliveries >= options_.max_deliveries) return dead_letter(e, error, false);
-            return Outcome::pending;
+            return {std::current_exception(), false};
         }
+    }
+
+    // On the loop's thread: what follows from a run of the handler.
+    Outcome settle(const Entry& e, const HandlerResult& r) {
+        if (!r.error) return Outcome::handled;
+        if (r.decode) return dead_letter(e, r.error, true);
+        failed_.fetch_add(1, std::memory_order_relaxed);
+        report_failure(r.error);
+        if (e.deliveries >= options_.max_deliveries) return dead_letter(e, r.error, false);
+        return Outcome::pending;
+    }
+
+    // A batch whose handlers run on the executor. Shared with its tasks: a
+    // task the executor keeps (or destroys) after the loop moved on still
+    // finds its entry.
+    struct Batch {
+        explicit Batch(std::vector<Entry> e) : entries(std::move(e)), results(entries.size()) {}
+        std::vector<Entry> entries;
+        std::vector<HandlerResult> results;  // under mutex
+        std::size_t running = 0;             // under mutex: tasks not finished
+        std::mutex mutex;
+        std::condition_variable done;
+
+        void finish(std::size_t i, HandlerResult r) noexcept {
+            std::lock_guard<std::mutex> lock(mutex);
+            results[i] = std::move(r);
+            if (--running == 0) done.notify_all();
+        }
+    };
+
+    // One entry's handler, as a task. Destroyed unrun, it records the
+    // delivery failed with errc::task_dropped.
+    struct HandlerTask {
+        ConsumerLoop* loop;
+        std::shared_ptr<Batch> batch;
+        std::size_t index;
+        HandlerTask(ConsumerLoop* l, std::shared_ptr<Batch> b, std::size_t i) noexcept
+            : loop(l), batch(std::move(b)), index(i) {}
+        HandlerTask(HandlerTask&&) noexcept = default;
+        HandlerTask(const HandlerTask&) = delete;
+        ~HandlerTask() {
+            if (!batch) return;
+            batch->finish(index, {std::make_exception_ptr(std::system_error(
+                                      make_error_code(errc::task_dropped),
+                                      "cbm::redis: the consumer's executor dropped the delivery of " +
+                                          batch->entries[index].id)),
+                                  false});
+        }
+        void operator()() {
+            if (!batch) return;
+            const std::shared_ptr<Batch> mine = std::move(batch);
+            mine->finish(index, loop->run_handler(mine->entries[index]));
+        }
+    };
+
+    // Hands each entry to run to the executor and waits until every task
+    // ran or was dropped (the loop, and so the handler, outlives them all).
+    void run_on_executor(const std::shared_ptr<Batch>& batch, const std::vector<bool>& to_run) {
+        for (std::size_t i = 0; i < to_run.size(); ++i) {
+            if (!to_run[i]) continue;
+            {
+                std::lock_guard<std::mutex> lock(batch->mutex);
+                ++batch->running;
+            }
+            // Only the task finishes its entry: run, destroyed unrun (then
+            // dropped; also when making it fails), or run here when the
+            // executor refuses it and gives it back.
+            Task task;
+            try {
+                task = Task(HandlerTask(this, batch, i));
+                options_.executor.execute(std::move(task));
+            } catch (...) {
+                if (task) task();
+            }
+        }
+        std::unique_lock<std::mutex> lock(batch->mutex);
+        batch->done.wait(lock, [&] { return batch->running == 0; });
     }
 
     // Effect: moves the entry to "<topic>:dead" (with the error, the
