@@ -74,12 +74,12 @@ public:
         if (detail::is_empty_callable(f)) return;
         if constexpr (stored_inline<Stored>) {
             ::new (static_cast<void*>(storage_)) Stored(std::forward<F>(f));
-            invoke_ = &invoke_inline<Stored>;
+            invoke_ = &invoke_stored<Stored, true>;
             manage_ = &manage_inline<Stored>;
         } else {
             Stored* heap = new Stored(std::forward<F>(f));
             ::new (static_cast<void*>(storage_)) Stored*(heap);
-            invoke_ = &invoke_heap<Stored>;
+            invoke_ = &invoke_stored<Stored, false>;
             manage_ = &manage_heap<Stored>;
         }
     }
@@ -136,21 +136,15 @@ private:
         return *std::launder(reinterpret_cast<F* const*>(storage));
     }
 
-    // A void Callback discards what the callable returns, as std::function does.
-    template <class F>
-    static R invoke_inline(const unsigned char* storage, Args&&... args) {
+    // A void Callback discards what the callable returns, as std::function
+    // does. `Inline` says where the callable is stored.
+    template <class F, bool Inline>
+    static R invoke_stored(const unsigned char* storage, Args&&... args) {
+        F* object = Inline ? inline_object<F>(storage) : heap_object<F>(storage);
         if constexpr (std::is_void_v<R>) {
-            static_cast<void>(std::invoke(*inline_object<F>(storage), std::forward<Args>(args)...));
+            static_cast<void>(std::invoke(*object, std::forward<Args>(args)...));
         } else {
-            return std::invoke(*inline_object<F>(storage), std::forward<Args>(args)...);
-        }
-    }
-    template <class F>
-    static R invoke_heap(const unsigned char* storage, Args&&... args) {
-        if constexpr (std::is_void_v<R>) {
-            static_cast<void>(std::invoke(*heap_object<F>(storage), std::forward<Args>(args)...));
-        } else {
-            return std::invoke(*heap_object<F>(storage), std::forward<Args>(args)...);
+            return std::invoke(*object, std::forward<Args>(args)...);
         }
     }
     template <class F>

@@ -419,6 +419,17 @@ private:
     mutable std::unordered_map<const detail::ChannelBase*, EventTypeMetrics (*)(detail::ChannelBase&)> type_metrics_;
 };
 
+namespace detail {
+// One counter family of the exposition: its name suffix, help text, and
+// the field of `Metrics` it reads.
+template <class Metrics>
+struct CounterFamily {
+    const char* suffix;
+    const char* help;
+    std::uint64_t Metrics::*field;
+};
+}  // namespace detail
+
 // Renders an EventBus's numbers (Prometheus text exposition format 0.0.4):
 //   per event type (label event):   <prefix>_published_total, <prefix>_posted_total,
 //       <prefix>_rejected_total, <prefix>_unrouted_total (counters),
@@ -456,11 +467,7 @@ inline std::string to_prometheus(const EventBusMetrics& bus, std::string_view pr
         if (!q.empty()) detail::append_label(l, "quantile", q);
         return l + '}';
     };
-    struct TypeCounter {
-        const char* suffix;
-        const char* help;
-        std::uint64_t EventTypeMetrics::*field;
-    };
+    using TypeCounter = detail::CounterFamily<EventTypeMetrics>;
     for (const TypeCounter c : {TypeCounter{"_published_total", "Events published (delivered at once).", &EventTypeMetrics::published},
                                 TypeCounter{"_posted_total", "Events posted (queued).", &EventTypeMetrics::posted},
                                 TypeCounter{"_rejected_total", "Posts refused: queue full or bus closed.", &EventTypeMetrics::rejected},
@@ -483,11 +490,7 @@ inline std::string to_prometheus(const EventBusMetrics& bus, std::string_view pr
                detail::seconds(static_cast<double>(t.queue_wait_ns.sum())) + '\n';
         out += p + "_queue_wait_seconds_count" + event_label(t) + ' ' + std::to_string(t.queue_wait_ns.count()) + '\n';
     }
-    struct SubCounter {
-        const char* suffix;
-        const char* help;
-        std::uint64_t SubscriptionMetrics::*field;
-    };
+    using SubCounter = detail::CounterFamily<SubscriptionMetrics>;
     for (const SubCounter c : {SubCounter{"_delivered_total", "Handler calls, redeliveries included.", &SubscriptionMetrics::delivered},
                                SubCounter{"_acked_total", "Deliveries that ended acknowledged.", &SubscriptionMetrics::acked},
                                SubCounter{"_failed_total", "Deliveries that threw or returned an error.", &SubscriptionMetrics::failed},

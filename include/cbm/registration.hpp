@@ -62,13 +62,13 @@ public:
     // Effect: blocks nothing.
     Blocker() noexcept = default;
     Blocker(Blocker&& other) noexcept = default;
+    // Effect: ends this block (the old one goes with the temporary) and
+    // takes over `other`'s.
     Blocker& operator=(Blocker&& other) noexcept {
-        if (this != &other) {
-            unblock();
-            node_ = std::move(other.node_);
-        }
+        Blocker(std::move(other)).swap(*this);
         return *this;
     }
+    void swap(Blocker& other) noexcept { std::swap(node_, other.node_); }
     Blocker(const Blocker&) = delete;
     Blocker& operator=(const Blocker&) = delete;
     ~Blocker() { unblock(); }

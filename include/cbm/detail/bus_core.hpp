@@ -551,30 +551,8 @@ public:
         std::lock_guard<std::mutex> lock(mutex_);
         error_handler_ = std::move(fresh);
     }
-    void report_dead_letter(const DeadLetter& letter) noexcept {
-        std::shared_ptr<const DeadLetterHandler> handler;
-        {
-            std::lock_guard<std::mutex> lock(mutex_);
-            handler = dead_letter_handler_;
-        }
-        if (!handler) return;
-        try {
-            (*handler)(letter);
-        } catch (...) {  // a handler that throws stops nothing
-        }
-    }
-    void report_failure(const Failure& failure) noexcept {
-        std::shared_ptr<const ErrorHandler> handler;
-        {
-            std::lock_guard<std::mutex> lock(mutex_);
-            handler = error_handler_;
-        }
-        if (!handler) return;
-        try {
-            (*handler)(failure);
-        } catch (...) {
-        }
-    }
+    void report_dead_letter(const DeadLetter& letter) noexcept { report(dead_letter_handler_, letter); }
+    void report_failure(const Failure& failure) noexcept { report(error_handler_, failure); }
 
     // ---- numbers -------------------------------------------------------------
 
@@ -665,6 +643,22 @@ private:
     friend class SelfCounted<BusCore>;
     // Channels go after everything that could still reach them.
     ~BusCore() { channels_.clear(); }
+
+    // Calls the handler `slot` holds (copied under the mutex, called
+    // outside it); a handler that throws stops nothing.
+    template <class Handler, class Arg>
+    void report(const std::shared_ptr<const Handler>& slot, const Arg& arg) noexcept {
+        std::shared_ptr<const Handler> handler;
+        {
+            std::lock_guard<std::mutex> lock(mutex_);
+            handler = slot;
+        }
+        if (!handler) return;
+        try {
+            (*handler)(arg);
+        } catch (...) {
+        }
+    }
 
     // The heap of waiting work: a binary min-heap on (due, seq) that keeps
     // each work's position, so that a settled ack deadline is removed at

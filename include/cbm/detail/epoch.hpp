@@ -254,13 +254,7 @@ private:
         void push(Retirable* object, void (*reclaim)(Retirable*) noexcept, std::uint64_t order) noexcept {
             object->reclaim = reclaim;
             object->retire_order = order;
-            object->retire_next = nullptr;
-            if (tail != nullptr) {
-                tail->retire_next = object;
-            } else {
-                head = object;
-            }
-            tail = object;
+            append(object);
         }
         Retirable* pop() noexcept {
             Retirable* object = head;
@@ -274,27 +268,31 @@ private:
         template <class Pred, class Take>
         std::size_t remove_if(Pred&& pred, Take&& take) {
             std::size_t removed = 0;
-            Retirable* kept_tail = nullptr;
             Retirable* r = head;
             head = nullptr;
+            tail = nullptr;
             while (r != nullptr) {
                 Retirable* next = r->retire_next;
                 if (pred(r)) {
                     take(r);
                     ++removed;
                 } else {
-                    r->retire_next = nullptr;
-                    if (kept_tail != nullptr) {
-                        kept_tail->retire_next = r;
-                    } else {
-                        head = r;
-                    }
-                    kept_tail = r;
+                    append(r);
                 }
                 r = next;
             }
-            tail = kept_tail;
             return removed;
+        }
+
+    private:
+        void append(Retirable* object) noexcept {
+            object->retire_next = nullptr;
+            if (tail != nullptr) {
+                tail->retire_next = object;
+            } else {
+                head = object;
+            }
+            tail = object;
         }
     };
 

@@ -107,6 +107,22 @@ inline bool waits_back_on(ThreadRecord& self, ThreadRecord& blocker) noexcept {
     return false;
 }
 
+// What a scan of the thread records collects: at most N items; one more
+// sets `overflow` instead (the caller then falls back to a coarser wait).
+template <class Item, std::size_t N>
+struct BoundedList {
+    Item items[N];
+    std::size_t count = 0;
+    bool overflow = false;
+    void add(const Item& item) noexcept {
+        if (count == N) {
+            overflow = true;
+        } else {
+            items[count++] = item;
+        }
+    }
+};
+
 // Returns once no thread other than the caller runs `n`, except threads on a
 // wait cycle back to the caller (see waits_back_on): those are blocked in a
 // cbm wait for an invocation the caller is inside, so waiting for them would
@@ -128,24 +144,18 @@ inline bool wait_until_idle_elsewhere(NodeBase& n) {
         std::uint64_t entries;
         bool done;
     };
-    constexpr std::size_t kMaxHeld = 16;
-    Held held[kMaxHeld];
-    std::size_t count = 0;
-    bool overflow = false;
+    BoundedList<Held, 16> held;
     any_record(false, [&](ThreadRecord& r) {
         for_each_level(r, [&](TriggerLevel& l) {
             // The node first: the announcement is a release store after the
             // level's `entries`, so this reads the entries of that trigger.
             if (l.node.load(std::memory_order_acquire) != &n) return;
-            const std::uint64_t entries = l.entries.load(std::memory_order_acquire);
-            if (count == kMaxHeld) {
-                overflow = true;
-            } else {
-                held[count++] = Held{&r, &l, entries, false};
-            }
+            held.add(Held{&r, &l, l.entries.load(std::memory_order_acquire), false});
         });
         return false;
     });
+    const std::size_t count = held.count;
+    const bool overflow = held.overflow;
     if (count == 0 && !overflow) return true;
     ThreadRecord* self = t_record;
     // Only a thread inside a trigger can be on a cycle (it runs something).
@@ -171,7 +181,7 @@ inline bool wait_until_idle_elsewhere(NodeBase& n) {
             });
         } else {
             for (std::size_t i = 0; i < count; ++i) {
-                Held& h = held[i];
+                Held& h = held.items[i];
                 if (h.done) continue;
                 if (h.level->node.load(std::memory_order_acquire) != &n ||
                     h.level->entries.load(std::memory_order_acquire) != h.entries) {
@@ -287,31 +297,24 @@ inline bool settle_levels_of(const GroupState& group, const NodeBase& n, bool& f
         TriggerLevel* level;
         std::uint64_t entries;
     };
-    constexpr std::size_t kMaxTracked = 32;
-    Inside inside[kMaxTracked];
-    std::size_t count = 0;
-    bool overflow = false;
+    BoundedList<Inside, 32> inside;
     any_record(false, [&](ThreadRecord& r) {
         for_each_level(r, [&](TriggerLevel& l) {
             if (l.domain.load(std::memory_order_acquire) != &group) return;
             found_inside = true;
             const std::uint64_t entries = l.entries.load(std::memory_order_acquire);
             if (l.node.load(std::memory_order_acquire) == &n) return;  // the precise wait's
-            if (count == kMaxTracked) {
-                overflow = true;
-            } else {
-                inside[count++] = Inside{&l, entries};
-            }
+            inside.add(Inside{&l, entries});
         });
-        return overflow;
+        return inside.overflow;
     });
-    if (overflow) return false;
-    for (int spin = 0; count != 0; ++spin) {
+    if (inside.overflow) return false;
+    for (int spin = 0; inside.count != 0; ++spin) {
         if (spin == kSettleSpins) return false;
-        const Inside& last = inside[count - 1];
+        const Inside& last = inside.items[inside.count - 1];
         if (last.level->entries.load(std::memory_order_acquire) != last.entries ||
             last.level->domain.load(std::memory_order_acquire) != &group) {
-            --count;
+            --inside.count;
         } else {
             cpu_relax();
         }
