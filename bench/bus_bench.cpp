@@ -196,28 +196,47 @@ private:
 #endif
 
 // state.range(0) producers post kBatch events in all; the batch ends when
-// the consumer handled all of them. Reports wall ns per event.
+// the consumer handled all of them. Reports wall ns per event. The
+// producers are long-lived threads, as in a service (a thread made per
+// batch would measure thread start-up and cold per-thread caches): each
+// batch starts when the round number moves and ends with their reports.
 template <class Queue>
 void queued(benchmark::State& state) {
     const int producers = static_cast<int>(state.range(0));
     Queue queue;
+    std::atomic<std::uint64_t> round{0};
+    std::atomic<int> finished{0};
+    std::atomic<bool> quit{false};
+    std::vector<std::thread> threads;
+    for (int p = 0; p < producers; ++p) {
+        threads.emplace_back([&, p] {
+            for (std::uint64_t seen = 0;;) {
+                round.wait(seen, std::memory_order_acquire);
+                if (quit.load(std::memory_order_acquire)) return;
+                seen = round.load(std::memory_order_acquire);
+                for (int i = p; i < kBatch; i += producers) queue.post(Event{static_cast<std::uint64_t>(i), 1.0});
+                finished.fetch_add(1, std::memory_order_release);
+            }
+        });
+    }
     std::uint64_t target = 0;
     std::chrono::nanoseconds total{0};
     std::int64_t events = 0;
     for (auto _ : state) {
         target += kBatch;
+        finished.store(0, std::memory_order_relaxed);
         const auto start = std::chrono::steady_clock::now();
-        std::vector<std::thread> threads;
-        for (int p = 0; p < producers; ++p) {
-            threads.emplace_back([&queue, p, producers] {
-                for (int i = p; i < kBatch; i += producers) queue.post(Event{static_cast<std::uint64_t>(i), 1.0});
-            });
-        }
-        for (auto& t : threads) t.join();
+        round.fetch_add(1, std::memory_order_release);
+        round.notify_all();
+        while (finished.load(std::memory_order_acquire) < producers) std::this_thread::yield();
         while (queue.handled() < target) std::this_thread::yield();
         total += std::chrono::steady_clock::now() - start;
         events += kBatch;
     }
+    quit.store(true, std::memory_order_release);
+    round.fetch_add(1, std::memory_order_release);
+    round.notify_all();
+    for (auto& t : threads) t.join();
     state.counters["ns_per_op"] = static_cast<double>(total.count()) / static_cast<double>(events);
     state.SetItemsProcessed(events);
 }

@@ -280,3 +280,47 @@ TEST_CASE("after a burst of trigger_async's blocks freed on another thread, thei
     // itself is 2.5 MB).
     CHECK(cached_after_burst <= static_cast<std::int64_t>(BlockCache::kMaxOwned * BlockCache::kBlockBytes) + 16 * 1024);
 }
+
+TEST_CASE("a block cache keeps what a burst needed, up to its most, for the next burst, and lets it go again once "
+          "bursts stop",
+          "[reclamation]") {
+    // A small cache of its own: 8 blocks kept in the steady state, 64 at most after bursts.
+    using Cache = cbm::detail::BasicBlockCache<256, 8, 64>;
+    std::int64_t after_burst = 0;
+    std::int64_t after_big_burst = 0;
+    std::int64_t after_quiet = 0;
+    std::int64_t baseline_growth = 0;
+    std::thread owner([&] {
+        Cache::deallocate(Cache::allocate(100));  // the cache itself, made before the baseline
+        const std::int64_t before = cbm_test::live_bytes();
+        auto burst = [](std::size_t n) {
+            std::vector<void*> blocks;
+            for (std::size_t i = 0; i < n; ++i) blocks.push_back(Cache::allocate(100));
+            std::thread freer([&] {
+                for (void* p : blocks) Cache::deallocate(p);
+            });
+            freer.join();
+            Cache::deallocate(Cache::allocate(100));  // takes the stack back
+        };
+        burst(40);
+        after_burst = cbm_test::live_bytes() - before;
+        // The same burst again is served from the cache: nothing new is made.
+        const std::int64_t before_second = cbm_test::live_bytes();
+        burst(40);
+        baseline_growth = cbm_test::live_bytes() - before_second;
+        burst(500);  // beyond the most it keeps
+        after_big_burst = cbm_test::live_bytes() - before;
+        // One block at a time for a long while: it halves what it keeps until the steady bound.
+        for (int i = 0; i < 64 * 8 * 8; ++i) Cache::deallocate(Cache::allocate(100));
+        after_quiet = cbm_test::live_bytes() - before;
+    });
+    owner.join();
+    const auto block = static_cast<std::int64_t>(Cache::kBlockBytes);
+    INFO("kept after a burst of 40: " << after_burst << " bytes; after 500: " << after_big_burst
+                                      << "; after quiet: " << after_quiet);
+    CHECK(after_burst >= 40 * block);  // kept for the next burst (40 > the steady 8)
+    CHECK(baseline_growth == 0);
+    CHECK(after_big_burst <= 64 * block + 16 * 1024);
+    CHECK(after_big_burst >= 64 * block);
+    CHECK(after_quiet <= 8 * block + 16 * 1024);
+}

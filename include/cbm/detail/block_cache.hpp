@@ -7,9 +7,16 @@
 // stack back with one exchange when its own blocks run out.
 //
 // Size: a cache owns at most kMaxOwned blocks (out or cached) in the steady
-// state. A burst may make more; as they come back, the excess is freed:
-// by the owner at once, or, for blocks freed elsewhere, when the owner
-// takes the stack back. No step walks a list it does not consume.
+// state. A burst may make more, and the cache then keeps as many as the
+// burst needed, up to kMaxRetained, so that the next burst of the same size
+// (a producer that posts faster than its consumer for a while, again and
+// again) finds them instead of calling the allocator for each. It lets the
+// extra go again, halving what it keeps, each time it has served
+// kDecayRounds times that many blocks without needing a new one. Blocks
+// beyond what it keeps are freed as they come back: by the owner at once,
+// or, for blocks freed elsewhere, when the owner takes the stack back. No
+// step walks a list it does not consume. A thread that stops allocating
+// keeps what it has until it exits.
 //
 // Lifetime: a cache lives while its thread does or while any of its blocks
 // is out; the last to see it go frees the cached blocks and the cache. The
@@ -30,6 +37,7 @@
 // use after free of a recycled block is still caught.
 #pragma once
 
+#include <algorithm>
 #include <atomic>
 #include <cstddef>
 #include <cstdint>
@@ -48,11 +56,15 @@ namespace cbm::detail {
 // One size class: blocks of `BlockBytes` (header included), at most
 // `MaxOwned` of them per thread in the steady state. Each class has its own
 // caches.
-template <std::size_t BlockBytes, std::size_t MaxOwned>
+template <std::size_t BlockBytes, std::size_t MaxOwned, std::size_t MaxRetained = MaxOwned>
 class BasicBlockCache {
+    static_assert(MaxRetained >= MaxOwned, "cbm: a block cache cannot keep fewer blocks after a burst than before");
+
 public:
-    static constexpr std::size_t kBlockBytes = BlockBytes;  // including the header
-    static constexpr std::size_t kMaxOwned = MaxOwned;      // blocks a thread keeps, out or cached, in the steady state
+    static constexpr std::size_t kBlockBytes = BlockBytes;      // including the header
+    static constexpr std::size_t kMaxOwned = MaxOwned;          // blocks a thread keeps, out or cached, in the steady state
+    static constexpr std::size_t kMaxRetained = MaxRetained;    // the most it keeps after bursts
+    static constexpr std::size_t kDecayRounds = 8;              // see the top
 
     // A block for `n` bytes (aligned for std::max_align_t).
     static void* allocate(std::size_t n) {
@@ -125,8 +137,12 @@ private:
         Header* h = local_;
         if (h != nullptr) {
             local_ = h->next;
-            // After a burst: free what came back beyond the bound.
-            while (owned_ > kMaxOwned && local_ != nullptr) {
+            if (++served_ >= kDecayRounds * keep_ && keep_ > kMaxOwned) {
+                keep_ = std::max(kMaxOwned, keep_ / 2);
+                served_ = 0;
+            }
+            // After a burst: free what came back beyond what it keeps.
+            while (owned_ > keep_ && local_ != nullptr) {
                 Header* excess = local_;
                 local_ = excess->next;
                 ::operator delete(excess);
@@ -136,6 +152,8 @@ private:
             h = static_cast<Header*>(::operator new(kBlockBytes));
             h->owner = this;
             ++owned_;
+            keep_ = std::max(keep_, std::min(owned_, kMaxRetained));  // this much was needed at once
+            served_ = 0;
         }
         ++out_;
         return h;
@@ -144,7 +162,7 @@ private:
     void give_back(Header* h) noexcept {
         if (slot() == this) {
             --out_;
-            if (owned_ > kMaxOwned) {
+            if (owned_ > keep_) {
                 ::operator delete(h);
                 --owned_;
             } else {
@@ -190,6 +208,8 @@ private:
     alignas(64) Header* local_ = nullptr;               // owner only
     std::uint64_t out_ = 0;                     // owner only: taken, less those the owner freed
     std::size_t owned_ = 0;                     // owner only: blocks made, less those freed
+    std::size_t keep_ = kMaxOwned;              // owner only: blocks it keeps, kMaxOwned to kMaxRetained
+    std::size_t served_ = 0;                    // owner only: blocks taken from the cache since it last made one or halved keep_
 };
 
 // The shared states of trigger_async (async_dispatch.hpp).

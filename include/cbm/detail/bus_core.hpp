@@ -61,8 +61,10 @@ class ChannelBase;
 // Envelopes are made by the posting thread and freed by the delivering
 // one: blocks recycled per thread (block_cache.hpp) spare that pattern the
 // allocator's arena lock. An envelope larger than a block is allocated
-// plainly.
-using EnvelopeCache = BasicBlockCache<128, 1024>;
+// plainly. A thread keeps 1024 blocks (128 KiB), or, after bursts of
+// posts that outran delivery, as many as a burst needed, up to 32768
+// (4 MiB), decaying while it posts less.
+using EnvelopeCache = BasicBlockCache<128, 1024, 32768>;
 
 // One posted event, shared by all its deliveries (counted). The event
 // itself lives in the derived Envelope<E>.
