@@ -28,7 +28,7 @@ template <class Peer>
 void register_emit(const char* name, int max_threads) {
     auto* b = benchmark::RegisterBenchmark(name, &emit<Peer>);
     b->Arg(1)->Arg(8)->Arg(64)->UseRealTime();
-    for (int t = 1; t <= max_threads; ++t) b->Threads(t);
+    for (int t : cbm_bench::thread_counts(max_threads)) b->Threads(t);
 }
 
 }  // namespace

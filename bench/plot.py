@@ -1,17 +1,24 @@
 #!/usr/bin/env python3
-"""Draws emit cost against callback count, one panel per thread count, as an
-SVG file, from Google Benchmark JSON written by bench/emit_bench.
+"""Draws one benchmark family's cost against its argument N (callbacks, or
+producer threads), one panel per thread count, as an SVG file, from Google
+Benchmark JSON written by cbm's benchmarks.
 
-Usage: plot.py OUT.svg RESULT.json...
+Usage: plot.py OUT.svg [--family F] RESULT.json...   (F: emit by default)
 
 Needs nothing beyond Python 3: the SVG is written by hand. Each line is one
-implementation; y is ns per trigger per thread (median over repetitions),
-log scale; x is the number of callbacks, log scale.
+implementation; y is ns per operation per thread, or wall ns per operation
+for benchmarks that time their own threads (median over repetitions), log
+scale; x is N, log scale.
 """
+import html
 import json
 import math
+import os
 import sys
 from collections import OrderedDict
+
+sys.path.insert(0, os.path.dirname(os.path.abspath(__file__)))
+from report import plain  # noqa: E402  (the report's plain names)
 
 UNIT = {"ns": 1.0, "us": 1e3, "ms": 1e6, "s": 1e9}
 COLORS = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666"]
@@ -29,8 +36,13 @@ def load(paths, family="emit"):
             if parts[0] != family:
                 continue
             threads = int(b.get("threads", 1))
+            if len(parts) < 3 or not parts[2].isdigit():
+                continue  # no numeric argument to plot against
             n = int(parts[2])
-            ns = float(b["real_time"]) * UNIT[b.get("time_unit", "ns")] * threads
+            if "ns_per_op" in b:  # it timed its own threads: wall ns per operation
+                ns = float(b["ns_per_op"])
+            else:
+                ns = float(b["real_time"]) * UNIT[b.get("time_unit", "ns")] * threads
             series.setdefault(threads, OrderedDict()).setdefault(parts[1], {}).setdefault(n, []).append(ns)
     return series
 
@@ -41,7 +53,15 @@ def median(values):
     return values[mid] if len(values) % 2 else (values[mid - 1] + values[mid]) / 2
 
 
-def panel(out, x0, y0, width, height, title, impls, y_lo, y_hi, colors):
+X_LABEL = {"emit": "callbacks (N)", "churn": "callbacks in the group (N)", "bus_queued": "producer threads (N)"}
+TITLE = {
+    "emit": "emit: ns per trigger per thread (log scale), lower is better",
+    "churn": "churn: ns per add + unregister per thread (log scale), lower is better",
+    "bus_queued": "bus_queued: wall ns per event, post to handled (log scale), lower is better",
+}
+
+
+def panel(out, x0, y0, width, height, title, impls, y_lo, y_hi, colors, x_label):
     ns = sorted({n for points in impls.values() for n in points})
     x_lo, x_hi = math.log10(min(ns)), math.log10(max(ns))
 
@@ -65,7 +85,7 @@ def panel(out, x0, y0, width, height, title, impls, y_lo, y_hi, colors):
                 out.append(f'<line x1="{x0}" y1="{y}" x2="{x0 + width}" y2="{y}" stroke="#eee"/>')
                 out.append(f'<text x="{x0 - 6}" y="{y + 4}" text-anchor="end">{v:g}</text>')
         decade += 1
-    out.append(f'<text x="{x0 + width / 2}" y="{y0 + height + 36}" text-anchor="middle">callbacks (N)</text>')
+    out.append(f'<text x="{x0 + width / 2}" y="{y0 + height + 36}" text-anchor="middle">{x_label}</text>')
     for impl, points in impls.items():
         color = colors[impl]
         coords = [(px(n), py(median(points[n]))) for n in sorted(points)]
@@ -75,10 +95,10 @@ def panel(out, x0, y0, width, height, title, impls, y_lo, y_hi, colors):
             out.append(f'<circle cx="{x:.1f}" cy="{y:.1f}" r="3" fill="{color}"/>')
 
 
-def main(out_path, paths):
-    series = load(paths)
+def main(out_path, paths, family="emit"):
+    series = load(paths, family)
     if not series:
-        sys.exit("plot.py: no emit results in the given files")
+        sys.exit(f"plot.py: no {family} results with a numeric argument in the given files")
     all_impls = list(OrderedDict.fromkeys(i for impls in series.values() for i in impls))
     colors = {impl: COLORS[k % len(COLORS)] for k, impl in enumerate(all_impls)}
     values = [median(v) for impls in series.values() for pts in impls.values() for v in pts.values()]
@@ -90,21 +110,27 @@ def main(out_path, paths):
            f'font-family="sans-serif" font-size="12">',
            f'<rect width="{total_w}" height="{total_h}" fill="white"/>',
            f'<text x="{total_w / 2}" y="24" text-anchor="middle" font-size="15" font-weight="bold">'
-           f'emit: ns per trigger per thread (log scale), lower is better</text>']
+           f'{TITLE.get(family, family + ": ns per operation (log scale), lower is better")}</text>']
     for k, (threads, impls) in enumerate(sorted(series.items())):
         title = f"{threads} thread{'s' if threads > 1 else ''}" + (" (same group)" if threads > 1 else "")
-        panel(out, margin + k * (width + margin), 70, width, height, title, impls, y_lo, y_hi, colors)
+        panel(out, margin + k * (width + margin), 70, width, height, title, impls, y_lo, y_hi, colors,
+              X_LABEL.get(family, "N"))
     legend_y = 70 + height + 60
     for k, impl in enumerate(all_impls):
         y = legend_y + 18 * k
         out.append(f'<line x1="{margin}" y1="{y}" x2="{margin + 24}" y2="{y}" stroke="{colors[impl]}" stroke-width="3"/>')
-        out.append(f'<text x="{margin + 32}" y="{y + 4}">{impl}</text>')
+        out.append(f'<text x="{margin + 32}" y="{y + 4}">{html.escape(plain(impl))}</text>')
     out.append("</svg>")
     with open(out_path, "w") as f:
         f.write("\n".join(out) + "\n")
 
 
 if __name__ == "__main__":
-    if len(sys.argv) < 3:
-        sys.exit("usage: plot.py OUT.svg RESULT.json...")
-    main(sys.argv[1], sys.argv[2:])
+    args = sys.argv[1:]
+    family = "emit"
+    if len(args) >= 3 and args[1] == "--family":
+        family = args[2]
+        del args[1:3]
+    if len(args) < 2:
+        sys.exit("usage: plot.py OUT.svg [--family F] RESULT.json...")
+    main(args[0], args[1:], family)

@@ -4,21 +4,30 @@
 # table per family with the ratios measured in the same run.
 #
 #   scripts/bench.sh           full run (medians of 9 repetitions, several minutes)
-#   scripts/bench.sh --quick   quick run (1 repetition, short timings)
+#   scripts/bench.sh --quick   quick run (1 repetition, short timings; the report says it is indicative)
 #   scripts/bench.sh --token   every benchmark for a token duration (CI: they build and run)
+#   --threads 1,2,4,8,16       (with any of those) the thread counts of emit and churn, for a
+#                              machine with more cores (default: 1,2)
 #
-# Raw Google Benchmark JSON, the report (report.md) and a plot of emit cost
-# against callback and thread count (emit.svg) go to build/release/bench-results/.
+# Raw Google Benchmark JSON, the report (report.md: run details, a summary,
+# then one table per family) and plots (emit.svg, churn.svg, bus_queued.svg:
+# cost against N, a panel per thread count) go to build/release/bench-results/.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
 mode="full"
-case "${1:-}" in
-  --quick) mode="quick" ;;
-  --token) mode="token" ;;
-  "") ;;
-  *) echo "usage: $0 [--quick|--token]" >&2; exit 2 ;;
-esac
+while [ $# -gt 0 ]; do
+  case "$1" in
+    --quick) mode="quick" ;;
+    --token) mode="token" ;;
+    --threads)
+      [[ "${2:-}" =~ ^[1-9][0-9]*(,[1-9][0-9]*)*$ ]] || { echo "$0: --threads wants a list such as 1,2,4,8" >&2; exit 2; }
+      export CBM_BENCH_THREADS="$2"
+      shift ;;
+    *) echo "usage: $0 [--quick|--token] [--threads 1,2,4,...]" >&2; exit 2 ;;
+  esac
+  shift
+done
 
 bash scripts/ensure-packages.sh g++ cmake ninja-build catch2 libbenchmark-dev python3 \
   libboost-dev libsigc++-3.0-dev pkg-config libasio-dev libconcurrentqueue-dev libhiredis-dev redis-server
@@ -56,6 +65,8 @@ case "$mode" in
 esac
 CBM_BENCH_COMPILER="$(g++ --version | head -n 1)" CBM_BENCH_FLAGS="-O2 -DNDEBUG (preset release)" \
   CBM_BENCH_MODE="$described" python3 bench/report.py "$out"/*.json | tee "$out/report.md"
-python3 bench/plot.py "$out/emit.svg" "$out/emit_bench.json"
+for family in emit churn bus_queued; do
+  python3 bench/plot.py "$out/$family.svg" --family "$family" "$out"/*.json
+done
 echo "" >&2
-echo "Raw JSON, this report (report.md) and the emit plot (emit.svg) are in $out/" >&2
+echo "Raw JSON, this report (report.md) and the plots (emit.svg, churn.svg, bus_queued.svg) are in $out/" >&2

@@ -31,6 +31,7 @@ case "$action" in
     command -v redis-server >/dev/null || { echo "redis_fixture: redis-server is not installed (apt-get install redis-server)" >&2; exit 1; }
     rm -rf "$dir"
     mkdir -p "$dir"
+    dir=$(cd "$dir" && pwd)  # absolute: the server changes to `dir` before it opens its log file
     port=$(python3 -c 'import socket; s = socket.socket(); s.bind(("127.0.0.1", 0)); print(s.getsockname()[1])')
     cat > "$dir/redis.conf" <<CONF
 bind 127.0.0.1
