@@ -96,7 +96,9 @@ public:
     // are not run. Exceptions are handled per the group's ErrorPolicy.
     // Blocks: only inside the callbacks themselves; takes no lock (except to
     // retire a `once` callback after its run).
-    TriggerResult trigger(Args... args) { return run(detail::NeverStop{}, args...); }
+    // (Always inlined, as run() is: the loop stays the one call. Out of line
+    // it cost EventBus::publish about 1 ns of 10; emit is unchanged.)
+    [[gnu::always_inline]] TriggerResult trigger(Args... args) { return run(detail::NeverStop{}, args...); }
 
     // Effect: as trigger(args...), but checks `token` before each callback:
     // once stop is requested, the remaining callbacks count as skipped and the
