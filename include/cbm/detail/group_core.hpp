@@ -128,14 +128,15 @@ public:
 
     // Runs the callbacks of the list `find_list()` returns (null: none),
     // inside one read-side section, checking `should_stop` before each.
-    // Always inlined into the facade, as TriggerScope is: the loop
+    // Always inlined into the facade, as TriggerScope is; so is the case of
+    // one plain callback (trigger_list_lone), and otherwise the loop
     // (trigger_list_in) is the one call a trigger makes.
     template <class FindList, class ShouldStop>
     [[gnu::always_inline]] TriggerResult trigger(FindList&& find_list, ShouldStop&& should_stop, Args&... args) {
         TriggerScope scope(state_, state_->fenced_entry);
         CallbackList* list = find_list();
         if (list == nullptr) return TriggerResult{};
-        return trigger_list<signature>(scope, *list, *state_, should_stop, args...);
+        return trigger_list_lone<signature>(scope, *list, *state_, should_stop, args...);
     }
 
     // trigger(ctx, ...): `ctx` is current_context() while `run(stop)` runs,

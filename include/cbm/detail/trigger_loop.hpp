@@ -72,21 +72,31 @@ inline Outcome failed_call(TriggerResult& result, GroupState& group, const Callb
     return report_failure(result, group, list, node, std::move(error), false) ? Outcome::stop : Outcome::invoked;
 }
 
+// ErrorPolicy::rethrow: the trigger's last step (the throw out of line).
+[[noreturn, gnu::noinline, gnu::cold]] inline void rethrow_first(const TriggerResult& result) {
+    std::rethrow_exception(result.failures.front().error);
+}
+[[gnu::always_inline]] inline void rethrow_if_asked(const TriggerResult& result, const GroupState& group) {
+    if (result.failed != 0 && group.policy == ErrorPolicy::rethrow && !result.failures.empty()) [[unlikely]] {
+        rethrow_first(result);
+    }
+}
+
 // Runs the callbacks of `list` in order. `should_stop()` is checked before
 // each callback. Runs inside the caller's TriggerScope for the group, so
 // that the registry's key lookup and the list walk are one read-side
 // section. `Mode` is the barrier mode, fixed per call so the loop has no
-// branch on it.
+// branch on it. `array` and `count` are the list's array and its count as
+// the caller read them (acquire, once; see trigger_list_lone). Fills
+// `result`, which must be empty (a parameter rather than the return value,
+// so that every caller builds the one result its own caller receives).
 template <BarrierMode Mode, class Signature, class ShouldStop, class... A>
-TriggerResult trigger_list_in(TriggerScope& scope, CallbackList& list, GroupState& group, ShouldStop&& should_stop,
-                              A&... args) {
-    TriggerResult result;
-    NodeArray* array = list.array.load(std::memory_order_acquire);
-    if (array == nullptr) return result;
+void trigger_list_in(TriggerResult& result, TriggerScope& scope, CallbackList& list, NodeArray& array,
+                     std::uint32_t count, GroupState& group, ShouldStop&& should_stop, A&... args) {
     std::size_t invoked = 0;
     std::size_t skipped = 0;
-    std::atomic<NodeBase*>* slot = array->slots();
-    std::atomic<NodeBase*>* const end = slot + array->count.load(std::memory_order_acquire);
+    std::atomic<NodeBase*>* slot = array.slots();
+    std::atomic<NodeBase*>* const end = slot + count;
     bool canceled = false;
     bool sampled = false;  // an instrumented call already chosen to be timed
     const std::uint32_t thread_index = scope.thread_index();
@@ -137,19 +147,60 @@ TriggerResult trigger_list_in(TriggerScope& scope, CallbackList& list, GroupStat
     }
     result.invoked = invoked;
     result.skipped = skipped;
-    if (result.failed != 0 && group.policy == ErrorPolicy::rethrow && !result.failures.empty()) {
-        std::rethrow_exception(result.failures.front().error);
-    }
-    return result;
+    rethrow_if_asked(result, group);
 }
 
 template <class Signature, class ShouldStop, class... A>
-TriggerResult trigger_list(TriggerScope& scope, CallbackList& list, GroupState& group, ShouldStop&& should_stop,
-                           A&... args) {
+void trigger_list(TriggerResult& result, TriggerScope& scope, CallbackList& list, NodeArray& array,
+                  std::uint32_t count, GroupState& group, ShouldStop&& should_stop, A&... args) {
     if (scope.mode() == BarrierMode::membarrier) {
-        return trigger_list_in<BarrierMode::membarrier, Signature>(scope, list, group, should_stop, args...);
+        trigger_list_in<BarrierMode::membarrier, Signature>(result, scope, list, array, count, group, should_stop,
+                                                            args...);
+    } else {
+        trigger_list_in<BarrierMode::fence, Signature>(result, scope, list, array, count, group, should_stop,
+                                                       args...);
     }
-    return trigger_list_in<BarrierMode::fence, Signature>(scope, list, group, should_stop, args...);
+}
+
+// trigger_list, with the commonest small case inline at the trigger site: a
+// list of one plain callback (registered, no filter, not once, no metrics)
+// under membarrier (where the reader's barriers are compiler fences). It
+// makes the same reads in the same order as the loop (array, count, slot,
+// announce, state, withdraw, waiter check), so the guarantees are the
+// loop's; it only saves the loop's call, its frame and its bookkeeping. Any other case, or a node whose state is not plain when
+// read, goes to the loop (after this path's withdrawal and waiter check,
+// having run nothing) with the array and count read here, and the loop
+// reads each slot and state again.
+template <class Signature, class ShouldStop, class... A>
+[[gnu::always_inline]] inline TriggerResult trigger_list_lone(TriggerScope& scope, CallbackList& list, GroupState& group,
+                                                             ShouldStop&& should_stop, A&... args) {
+    TriggerResult result;  // the one returned object (built in the caller's slot)
+    NodeArray* array = list.array.load(std::memory_order_acquire);
+    if (array == nullptr) return result;
+    const std::uint32_t count = array->count.load(std::memory_order_acquire);
+    // Under ThreadSanitizer the mode is tsan, whose barriers ignore the mode
+    // argument, so the sanitizer checks this path too.
+    const BarrierMode mode = scope.mode();
+    if (count == 1 && (mode == BarrierMode::membarrier || mode == BarrierMode::tsan) && !should_stop()) [[likely]] {
+        auto& node = static_cast<Node<Signature>&>(*array->slots()->load(std::memory_order_acquire));
+        scope.announce<BarrierMode::membarrier>(&node);
+        if (node.state.load(std::memory_order_acquire) == 0) [[likely]] {
+            result.invoked = 1;
+            std::exception_ptr error;
+            if (!invoke_captured(node, error, args...)) [[unlikely]] {
+                // One callback: when the policy stops, nothing is left unreached.
+                if (failed_call(result, group, list, node, error) == Outcome::stop) result.stopped = true;
+            }
+            scope.withdraw<BarrierMode::membarrier>();
+            if ((node.state.load(std::memory_order_relaxed) & kWaiter) != 0) [[unlikely]] notify_waiters(node);
+            rethrow_if_asked(result, group);
+            return result;
+        }
+        scope.withdraw<BarrierMode::membarrier>();
+        if ((node.state.load(std::memory_order_relaxed) & kWaiter) != 0) notify_waiters(node);
+    }
+    trigger_list<Signature>(result, scope, list, *array, count, group, should_stop, args...);
+    return result;
 }
 
 }  // namespace cbm::detail
