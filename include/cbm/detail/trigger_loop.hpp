@@ -167,10 +167,11 @@ void trigger_list(TriggerResult& result, TriggerScope& scope, CallbackList& list
 // under membarrier (where the reader's barriers are compiler fences). It
 // makes the same reads in the same order as the loop (array, count, slot,
 // announce, state, withdraw, waiter check), so the guarantees are the
-// loop's; it only saves the loop's call, its frame and its bookkeeping. Any other case, or a node whose state is not plain when
-// read, goes to the loop (after this path's withdrawal and waiter check,
-// having run nothing) with the array and count read here, and the loop
-// reads each slot and state again.
+// loop's; it only saves the loop's call, its frame and its bookkeeping.
+// Any other case, or a node whose state is not plain when read, goes to the
+// loop (after this path's withdrawal and waiter check, having run nothing)
+// with the array and count read here, and the loop reads each slot and
+// state again.
 template <class Signature, class ShouldStop, class... A>
 [[gnu::always_inline]] inline TriggerResult trigger_list_lone(TriggerScope& scope, CallbackList& list, GroupState& group,
                                                              ShouldStop&& should_stop, A&... args) {
