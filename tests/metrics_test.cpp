@@ -2,6 +2,7 @@
 #include <cbm/callback_group.hpp>
 #include <cbm/callback_registry.hpp>
 #include <cbm/metrics.hpp>
+#include <cbm/detail/tick_clock.hpp>
 
 #include <algorithm>
 
@@ -292,7 +293,7 @@ TEST_CASE("every invocation of a callback with a timeout is timed, so the slow c
     const CallbackMetrics* guarded = find(s, "guarded");
     REQUIRE(guarded->latency_ns.count() == 136);
     REQUIRE_FALSE(guarded->latency_sampled);
-    REQUIRE(guarded->latency_ns.max() >= 2'000'000);
+    REQUIRE(guarded->latency_ns.max() >= 1'998'000);  // 2 ms, less the latency clock's 0.1% (tick_clock.hpp)
     REQUIRE(guarded->latency_ns.percentile(99) >= 1'900'000);  // 2 of 136 calls are slow; p99 is one of them
     // Without resilience the latency stays sampled, and says so.
     const CallbackMetrics* plain = find(s, "plain");
@@ -302,6 +303,29 @@ TEST_CASE("every invocation of a callback with a timeout is timed, so the slow c
     REQUIRE(text.find(R"(cbm_callback_latency_max_seconds{key="",callback="guarded"})") != std::string::npos);
     REQUIRE(text.find(R"(cbm_callback_latency_sampled_max_seconds{key="",callback="plain"})") != std::string::npos);
     REQUIRE(text.find(R"(cbm_callback_latency_max_seconds{key="",callback="plain"})") == std::string::npos);
+}
+
+TEST_CASE("the latency clock measures what steady_clock measures, within its calibration error",
+          "[metrics][latency]") {
+    cbm::detail::TickClock::calibrate();  // what every group with metrics does first
+    using std::chrono::steady_clock;
+    // inner <= measured <= outer, whatever preemption adds: both clocks see it.
+    for (int round = 0; round < 5; ++round) {
+        const auto outer_start = steady_clock::now();
+        const std::uint64_t start = cbm::detail::TickClock::now();
+        const auto inner_start = steady_clock::now();
+        busy_for(std::chrono::milliseconds(3));
+        const auto inner_end = steady_clock::now();
+        const std::uint64_t end = cbm::detail::TickClock::now();
+        const auto outer_end = steady_clock::now();
+        const double measured = static_cast<double>(cbm::detail::TickClock::between(start, end).count());
+        const double inner = static_cast<double>((inner_end - inner_start).count());
+        const double outer = static_cast<double>((outer_end - outer_start).count());
+        // 0.1%: the calibration's error and steady_clock's slewing (see tick_clock.hpp).
+        REQUIRE(measured >= inner * 0.999);
+        REQUIRE(measured <= outer * 1.001);
+    }
+    REQUIRE(cbm::detail::TickClock::between(10, 5).count() == 0);  // a reading before the start reads as zero
 }
 
 TEST_CASE("a slow_threshold counts every invocation above it exactly, and needs metrics", "[metrics][latency]") {

@@ -11,7 +11,7 @@
 
 set(layer_0 # vocabulary: includes only the standard library
   callback.hpp errc.hpp error_policy.hpp executor.hpp histogram.hpp observer.hpp version.hpp
-  interop/asio.hpp detail/block_cache.hpp detail/event_type.hpp)
+  interop/asio.hpp detail/block_cache.hpp detail/event_type.hpp detail/tick_clock.hpp)
 set(layer_1 # reports and once: vocabulary only
   metrics.hpp prometheus.hpp detail/prometheus_text.hpp once.hpp async_result.hpp)
 set(layer_2 # context machinery

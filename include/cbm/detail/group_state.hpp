@@ -22,6 +22,7 @@
 #include "../observer.hpp"
 #include "epoch.hpp"
 #include "metric_series.hpp"
+#include "tick_clock.hpp"
 
 namespace cbm {
 class ResilienceClock;
@@ -37,7 +38,9 @@ struct GroupState {
           latency_sample_every(sample_every == 0 ? 1 : sample_every),
           clock(c),
           series(metrics_retention),
-          executor(std::move(default_executor)) {}
+          executor(std::move(default_executor)) {
+        if (instrumented) TickClock::calibrate();  // once per process; never on a trigger
+    }
     GroupState(const GroupState&) = delete;
     GroupState& operator=(const GroupState&) = delete;
 

@@ -11,6 +11,7 @@
 #include "callback_stats.hpp"
 #include "group_state.hpp"
 #include "invoke.hpp"
+#include "tick_clock.hpp"
 #include "typed_node.hpp"
 
 namespace cbm::detail {
@@ -43,14 +44,13 @@ std::exception_ptr invoke_instrumented(const Node<Signature>& node, GroupState& 
     const bool timed =
         observer != nullptr || sampled || stats.exact_latency || sample_this_call(group.latency_sample_every);
     const CallbackEvent event{stats.key_text, node.name, stats.labels};
-    std::chrono::steady_clock::time_point start{};
-    if (timed) start = std::chrono::steady_clock::now();
+    std::uint64_t start = 0;
+    if (timed) start = TickClock::now();
     if (observer != nullptr) observer->on_begin(event);
     invoke_counted(node, thread_index, error, args...);
     if (timed) {
-        const auto duration =
-            std::chrono::duration_cast<std::chrono::nanoseconds>(std::chrono::steady_clock::now() - start);
-        const auto ns = static_cast<std::uint64_t>(duration.count() < 0 ? 0 : duration.count());
+        const std::chrono::nanoseconds duration = TickClock::between(start, TickClock::now());
+        const auto ns = static_cast<std::uint64_t>(duration.count());
         node.stats->latency.record(ns);
         if (stats.slow_threshold_ns != 0 && ns > stats.slow_threshold_ns) CallbackStats::bump(node.stats->slow);
         if (observer != nullptr) observer->on_end(event, duration, error);
