@@ -117,8 +117,8 @@ struct Detached {
 
 Detached await_result(cbm::AsyncResult r, std::optional<cbm::TriggerResult>& out, std::atomic<std::thread::id>& on) {
     cbm::TriggerResult res = co_await r;
-    on = std::this_thread::get_id();
     out = std::move(res);
+    on = std::this_thread::get_id();  // last: a thread that sees it set may read `out`
 }
 
 }  // namespace
@@ -798,6 +798,63 @@ TEST_CASE("two coroutines awaiting one AsyncResult are both resumed when it is r
     CHECK(second->invoked == 1);
 }
 
+
+TEST_CASE("threads that wait, get and await one AsyncResult while its tasks finish and fail all see the whole result",
+          "[async][race]") {
+    // The result's watch (mutex, condition variable, failure list) is made by
+    // whichever needs it first: a waiter, an awaiter or a failing task, racing
+    // each other and the completion.
+    cbm_test::Watchdog watchdog("waiters racing the completion of one AsyncResult");
+    cbm::ThreadPool pool({.min_threads = 2, .max_threads = 2});
+    cbm::CallbackGroup<void(int)> g({.executor = pool.executor()});
+    g.add([](int) {});
+    g.add([](int round) {
+        if (round % 2 == 0) throw std::runtime_error("even round");
+    });
+    g.add([](int) {});
+    g.add([](int round) {
+        if (round % 3 == 0) throw std::runtime_error("third round");
+    });
+    constexpr int kRounds = 300;
+    constexpr int kWaiters = 3;
+    for (int round = 0; round < kRounds; ++round) {
+        const std::size_t failures = (round % 2 == 0 ? 1u : 0u) + (round % 3 == 0 ? 1u : 0u);
+        std::atomic<int> ready_waiters{0};
+        std::atomic<bool> go{false};
+        cbm::AsyncResult shared;
+        std::vector<std::thread> waiters;
+        std::atomic<int> whole{0};
+        for (int w = 0; w < kWaiters; ++w) {
+            waiters.emplace_back([&, w] {
+                ready_waiters.fetch_add(1);
+                while (!go.load()) std::this_thread::yield();
+                const cbm::AsyncResult r = shared;  // a copy: the same state
+                if (w == 0) r.wait();
+                if (w == 1) {
+                    while (!r.wait_for(std::chrono::microseconds(50))) {
+                    }
+                }
+                const cbm::TriggerResult res = r.get();
+                if (res.invoked == 4 && res.failed == failures && res.failures.size() == failures) whole.fetch_add(1);
+            });
+        }
+        while (ready_waiters.load() < kWaiters) std::this_thread::yield();
+        shared = g.trigger_async(round);
+        std::optional<cbm::TriggerResult> awaited;
+        std::atomic<std::thread::id> awaited_on{};
+        go.store(true);
+        await_result(shared, awaited, awaited_on);
+        for (std::thread& t : waiters) t.join();
+        REQUIRE(whole.load() == kWaiters);
+        shared.wait();
+        // The coroutine is resumed by the last task, possibly after wait()
+        // returned on this thread: wait for it (bounded by the watchdog).
+        while (awaited_on.load() == std::thread::id{}) std::this_thread::yield();
+        REQUIRE(awaited.has_value());
+        REQUIRE(awaited->failed == failures);
+        REQUIRE(awaited->failures.size() == failures);
+    }
+}
 
 TEST_CASE("a queued invocation of a blocked callback is skipped and counted as blocked", "[async][block]") {
     cbm::ThreadPool pool({.min_threads = 1, .max_threads = 1});

@@ -64,14 +64,18 @@ namespace detail {
 // task adds nothing to the counts (finish_task), and is counted as invoked
 // at the end, from the number of tasks less those that did add theirs.
 //
-// Layout: the words every task touches (these, and the arguments and
-// context of the derived AsyncState) come first, on as few cache lines as
-// may be; what only waiters, awaiters and failures need (AsyncWatch) comes
-// last, after the derived members, reached through `watch_`.
+// Layout: the state holds only the words every task touches (these, and
+// the arguments and context of the derived AsyncState), on as few cache
+// lines as may be. What only waiters, awaiters and failure lists need
+// (AsyncWatch: a mutex, a condition variable, the failures, the awaiting
+// coroutines) is made on first need and installed with a compare-exchange
+// (release; readers acquire). Most results are never waited on and never
+// fail: their state is two cache lines rather than five, which is what the
+// producer writes and the pool thread that finishes reads, per trigger.
 struct AsyncWatch {
     mutable std::mutex mutex;
     std::condition_variable cv;
-    TriggerResult result;  // under mutex: failed, stopped, failures (the counts are filled in by result())
+    std::vector<Failure> failures;                       // under mutex, in the order they were merged
     std::vector<std::coroutine_handle<>> continuations;  // under mutex: coroutines awaiting the result
 };
 
@@ -114,13 +118,13 @@ public:
         if (part.invoked != 0) invoked_.fetch_add(part.invoked, std::memory_order_relaxed);
         if (part.skipped != 0) skipped_.fetch_add(part.skipped, std::memory_order_relaxed);
         if (part.blocked != 0) blocked_.fetch_add(part.blocked, std::memory_order_relaxed);
-        if (part.failed == 0 && !part.stopped) return;
-        std::lock_guard<std::mutex> lock(watch_->mutex);
-        TriggerResult& r = watch_->result;
-        r.failed += part.failed;
-        r.stopped = r.stopped || part.stopped;
+        if (part.failed != 0) failed_.fetch_add(part.failed, std::memory_order_relaxed);
+        if (part.stopped) stopped_.store(true, std::memory_order_relaxed);
+        if (part.failures.empty()) return;
         try {
-            for (Failure& f : part.failures) r.failures.push_back(std::move(f));
+            AsyncWatch& w = watch();
+            std::lock_guard<std::mutex> lock(w.mutex);
+            for (Failure& f : part.failures) w.failures.push_back(std::move(f));
         } catch (...) {
             // Out of memory: the failure stays counted in `failed`.
         }
@@ -133,13 +137,23 @@ public:
     ErrorPolicy policy() const noexcept { return policy_; }
 
 protected:
-    // `watch` is a member of the derived class, constructed after this base
-    // (see the layout note above); it is not used before that.
-    AsyncStateBase(ErrorPolicy policy, AsyncWatch& watch) noexcept : policy_(policy), watch_(&watch) {}
-    virtual ~AsyncStateBase() = default;
+    explicit AsyncStateBase(ErrorPolicy policy) noexcept : policy_(policy) {}
+    // By the last holder of a reference (acq_rel above): it sees the watch.
+    virtual ~AsyncStateBase() { delete watch_.load(std::memory_order_relaxed); }
 
 private:
     friend class cbm::AsyncResult;
+
+    // The watch, made by the first thread that needs it (see the layout
+    // note). Throws: std::bad_alloc.
+    AsyncWatch& watch() {
+        AsyncWatch* w = watch_.load(std::memory_order_acquire);
+        if (w != nullptr) return *w;
+        auto* made = new AsyncWatch;
+        if (watch_.compare_exchange_strong(w, made, std::memory_order_acq_rel, std::memory_order_acquire)) return *made;
+        delete made;  // another thread installed one first: `w` is it
+        return *w;
+    }
 
     static constexpr std::uint64_t kSubmitting = std::uint64_t{1} << 62;  // see the top of the class
 
@@ -155,14 +169,17 @@ private:
 
     void complete() noexcept {
         if ((flags_.fetch_or(kDone, std::memory_order_acq_rel) & kWatched) == 0) return;  // nobody to tell
+        // Whoever set kWatched installed the watch first, and the fetch_or
+        // above read that flag: the watch is visible here.
+        AsyncWatch& w = *watch_.load(std::memory_order_acquire);
         std::vector<std::coroutine_handle<>> awaiting;
         {
             // A waiter checks kDone under the mutex before it sleeps, and an
             // awaiter is listed under it.
-            std::lock_guard<std::mutex> lock(watch_->mutex);
-            awaiting.swap(watch_->continuations);
+            std::lock_guard<std::mutex> lock(w.mutex);
+            awaiting.swap(w.continuations);
         }
-        watch_->cv.notify_all();
+        w.cv.notify_all();
         for (std::coroutine_handle<> h : awaiting) h.resume();
     }
 
@@ -170,29 +187,32 @@ private:
 
     void wait() {
         if (ready()) return;
+        AsyncWatch& w = watch();
         flags_.fetch_or(kWatched, std::memory_order_acq_rel);
-        std::unique_lock<std::mutex> lock(watch_->mutex);
-        watch_->cv.wait(lock, [this] { return ready(); });
+        std::unique_lock<std::mutex> lock(w.mutex);
+        w.cv.wait(lock, [this] { return ready(); });
     }
     template <class Clock, class Duration>
     bool wait_until(const std::chrono::time_point<Clock, Duration>& time) {
         if (ready()) return true;
+        AsyncWatch& w = watch();
         flags_.fetch_or(kWatched, std::memory_order_acq_rel);
-        std::unique_lock<std::mutex> lock(watch_->mutex);
-        return watch_->cv.wait_until(lock, time, [this] { return ready(); });
+        std::unique_lock<std::mutex> lock(w.mutex);
+        return w.cv.wait_until(lock, time, [this] { return ready(); });
     }
 
     // True when the coroutine was suspended and will be resumed by the
     // completion; false when the result is ready already (do not suspend).
     // Throws: std::bad_alloc (the coroutine is not suspended then).
     bool suspend(std::coroutine_handle<> h) {
-        std::lock_guard<std::mutex> lock(watch_->mutex);
+        AsyncWatch& w = watch();
+        std::lock_guard<std::mutex> lock(w.mutex);
         if (ready()) return false;
-        watch_->continuations.push_back(h);
+        w.continuations.push_back(h);
         // The two read-modify-writes of flags_ are ordered: if the
         // completion's came first, it will not look at the list.
         if ((flags_.fetch_or(kWatched, std::memory_order_acq_rel) & kDone) != 0) {
-            watch_->continuations.pop_back();
+            w.continuations.pop_back();
             return false;
         }
         return true;
@@ -200,8 +220,13 @@ private:
 
     // Once ready().
     TriggerResult result() const {
-        std::lock_guard<std::mutex> lock(watch_->mutex);
-        TriggerResult r = watch_->result;
+        TriggerResult r;
+        if (const AsyncWatch* w = watch_.load(std::memory_order_acquire)) {
+            std::lock_guard<std::mutex> lock(w->mutex);
+            r.failures = w->failures;
+        }
+        r.failed = failed_.load(std::memory_order_relaxed);
+        r.stopped = stopped_.load(std::memory_order_relaxed);
         r.invoked = invoked_.load(std::memory_order_relaxed) +
                     static_cast<std::size_t>(tasks_ - merged_tasks_.load(std::memory_order_relaxed));
         r.skipped = skipped_.load(std::memory_order_relaxed);
@@ -217,9 +242,11 @@ private:
     std::atomic<std::size_t> blocked_{0};
     std::atomic<std::uint64_t> merged_tasks_{0};  // tasks that added their counts (finish_task)
     std::uint64_t tasks_ = 0;                     // made by the walk; set before its finish
+    std::atomic<std::size_t> failed_{0};
+    std::atomic<bool> stopped_{false};
     std::atomic<bool> stop_{false};
     const ErrorPolicy policy_;
-    AsyncWatch* const watch_;
+    std::atomic<AsyncWatch*> watch_{nullptr};  // made on first need (see the layout note)
 };
 
 }  // namespace detail

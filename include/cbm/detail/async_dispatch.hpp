@@ -87,7 +87,7 @@ template <class... Args>
 struct AsyncState<void(Args...)> final : AsyncStateBase {
     template <class... A>
     AsyncState(GroupState& g, Context ctx, A&&... a)
-        : AsyncStateBase(g.policy, watch), args(std::forward<A>(a)...), context(std::move(ctx)), group(&g) {}
+        : AsyncStateBase(g.policy), args(std::forward<A>(a)...), context(std::move(ctx)), group(&g) {}
 
     std::tuple<std::decay_t<Args>...> args;  // lent to every callback as lvalues
     const Context context;                   // current_context() in every task
@@ -95,7 +95,6 @@ struct AsyncState<void(Args...)> final : AsyncStateBase {
     // Not counted: used only by the walk, whose caller holds the group, and
     // by tasks, whose node holds it. A result may outlive its group.
     GroupState* const group;
-    AsyncWatch watch;  // last: see AsyncStateBase's layout note
 
     bool canceled() const noexcept {
         const CancelNode* c = ContextAccess::canceler(context);

@@ -212,7 +212,9 @@ private:
     std::size_t served_ = 0;                    // owner only: blocks taken from the cache since it last made one or halved keep_
 };
 
-// The shared states of trigger_async (async_dispatch.hpp).
-using BlockCache = BasicBlockCache<512, 256>;
+// The shared states of trigger_async (async_dispatch.hpp): about 120 bytes
+// with the arguments of a small signature; a state with arguments too
+// large for a block takes operator new instead.
+using BlockCache = BasicBlockCache<256, 256>;
 
 }  // namespace cbm::detail
