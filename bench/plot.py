@@ -24,12 +24,20 @@ UNIT = {"ns": 1.0, "us": 1e3, "ms": 1e6, "s": 1e9}
 COLORS = ["#1b9e77", "#d95f02", "#7570b3", "#e7298a", "#66a61e", "#e6ab02", "#a6761d", "#666666"]
 
 
+
+def in_registration_order(benchmarks):
+    """The runs in the order the benchmarks were registered: a full run
+    interleaves repetitions at random (scripts/bench.sh), and Google
+    Benchmark then reports each benchmark's aggregates when its last
+    repetition ends. Stable, so the aggregates of one benchmark keep theirs."""
+    return sorted(benchmarks, key=lambda b: (b.get("family_index", 0), b.get("per_family_instance_index", 0)))
+
 def load(paths, family="emit"):
     series = OrderedDict()  # threads -> impl -> {n: [ns]}
     for path in paths:
         with open(path) as f:
             data = json.load(f)
-        for b in data.get("benchmarks", []):
+        for b in in_registration_order(data.get("benchmarks", [])):
             if b.get("run_type") == "aggregate" and b.get("aggregate_name") != "median":
                 continue
             parts = b["run_name"].split("/")

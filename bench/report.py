@@ -119,6 +119,14 @@ wall_families = set()  # families whose cells are wall ns per operation (ns_per_
 memory = OrderedDict()  # (family, impl, counter) -> [bytes, ...]
 
 
+
+def in_registration_order(benchmarks):
+    """The runs in the order the benchmarks were registered: a full run
+    interleaves repetitions at random (scripts/bench.sh), and Google
+    Benchmark then reports each benchmark's aggregates when its last
+    repetition ends. Stable, so the aggregates of one benchmark keep theirs."""
+    return sorted(benchmarks, key=lambda b: (b.get("family_index", 0), b.get("per_family_instance_index", 0)))
+
 def load(paths):
     context = None
     cells = OrderedDict()  # (family, impl, column) -> [ns, ...]
@@ -126,7 +134,7 @@ def load(paths):
         with open(path) as f:
             data = json.load(f)
         context = context or data.get("context", {})
-        for b in data.get("benchmarks", []):
+        for b in in_registration_order(data.get("benchmarks", [])):
             aggregate = b.get("aggregate_name")
             if b.get("run_type") == "aggregate" and aggregate != "median":
                 continue

@@ -3,7 +3,7 @@
 # against the unsynchronized floor and the peers, then prints one Markdown
 # table per family with the ratios measured in the same run.
 #
-#   scripts/bench.sh           full run (medians of 9 repetitions, several minutes)
+#   scripts/bench.sh           full run (medians of 9 repetitions interleaved at random, several minutes)
 #   scripts/bench.sh --quick   quick run (1 repetition, short timings; the report says it is indicative)
 #   scripts/bench.sh --token   every benchmark for a token duration (CI: they build and run)
 #   --threads 1,2,4,8,16       (with any of those) the thread counts of emit and churn, for a
@@ -35,7 +35,10 @@ cmake --preset release -DCBM_BUILD_BENCHMARKS=ON >/dev/null
 cmake --build --preset release --target emit_bench churn_bench snapshot_bench contention_bench once_bench context_bench read_mostly_bench metrics_bench async_bench bus_bench redis_bench >&2
 
 case "$mode" in
-  full)  flags=(--benchmark_repetitions=9 --benchmark_min_time=0.2 --benchmark_report_aggregates_only=true) ;;
+  # Interleaved at random: on a shared machine that drifts between fast and
+  # slow phases, every implementation of a family then sees the same phases.
+  full)  flags=(--benchmark_repetitions=9 --benchmark_min_time=0.2 --benchmark_report_aggregates_only=true
+                --benchmark_enable_random_interleaving=true) ;;
   quick) flags=(--benchmark_repetitions=1 --benchmark_min_time=0.05) ;;
   token) flags=(--benchmark_repetitions=1 --benchmark_min_time=0.001) ;;
 esac
@@ -59,7 +62,7 @@ CBM_REDIS_PORT="$(cat "$redis_dir/port")" build/release/bench/redis_bench "${fla
 bash tests/redis/redis_fixture.sh stop "$redis_dir"
 trap - EXIT
 case "$mode" in
-  full)  described="median of 9 repetitions" ;;
+  full)  described="median of 9 repetitions, interleaved at random" ;;
   quick) described="quick run: 1 repetition, short timings" ;;
   token) described="token run: timings meaningless" ;;
 esac
