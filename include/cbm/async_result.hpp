@@ -280,6 +280,9 @@ public:
     bool ready() const { return state().ready(); }
 
     // Blocks until ready().
+    // Throws: std::bad_alloc when it must wait and the result's watch (made
+    // by the first thread that waits, awaits or records a failure) cannot
+    // be made; likewise wait_for, wait_until, get and co_await.
     void wait() const { state().wait(); }
     // Blocks until ready() or `timeout` has passed. Returns ready().
     template <class Rep, class Period>
@@ -293,7 +296,8 @@ public:
 
     // Waits, then returns the result (a copy: get() may be called again).
     // Throws: under ErrorPolicy::rethrow, the first failure's exception (as
-    // trigger() would).
+    // trigger() would; a failure that could not be listed for want of
+    // memory is counted in `failed` only, and then nothing is rethrown).
     TriggerResult get() const {
         wait();
         TriggerResult r = state().result();
