@@ -70,8 +70,9 @@ namespace detail {
 // (AsyncWatch: a mutex, a condition variable, the failures, the awaiting
 // coroutines) is made on first need and installed with a compare-exchange
 // (release; readers acquire). Most results are never waited on and never
-// fail: their state is two cache lines rather than five, which is what the
-// producer writes and the pool thread that finishes reads, per trigger.
+// fail: their state (120 bytes with small arguments, 136 with its block's
+// header) spans two or three cache lines rather than five, which is what
+// the producer writes and the pool thread that finishes reads, per trigger.
 struct AsyncWatch {
     mutable std::mutex mutex;
     std::condition_variable cv;
