@@ -545,7 +545,11 @@ TEST_CASE("a registry attached under one fixed key runs that key's callbacks, an
     std::atomic<bool> first_waits{true};
     std::atomic<bool> saw_deadline{false};
     // The first callback outlasts the deadline (it waits for the context's
-    // own cancellation), so the second is cut short.
+    // own cancellation), so the second is cut short. The deadline is long
+    // enough that the redelivery, whose callbacks return at once, meets it
+    // on a loaded machine under sanitizers (with 20 ms, CI's clang run once
+    // saw the redelivery fail too), and ack_timeout leaves the first
+    // delivery time to fail before its entry may be claimed again.
     auto slow = registry.add("audit", [&](const std::string&) {
         ran++;
         if (first_waits.exchange(false)) {
@@ -555,7 +559,7 @@ TEST_CASE("a registry attached under one fixed key runs that key's callbacks, an
     }, {.priority = 2});
     auto after = registry.add("audit", [&](const std::string&) { ran++; }, {.priority = 1});
     auto consumer = bridge.attach(topic, registry, std::string("audit"),
-                                  {.group = "g", .consumer = "c", .ack_timeout = 50ms, .handler_timeout = 20ms,
+                                  {.group = "g", .consumer = "c", .ack_timeout = 600ms, .handler_timeout = 300ms,
                                    .from_beginning = true});
     bridge.publish(topic, std::string("x"));
     cbm::redis::Connection raw(fixture_endpoint());
